@@ -1,0 +1,160 @@
+"""The gateway's HTTP surface: HLS, the control API, metrics, and the web pages."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from streamgw import __version__
+from streamgw.gateway.ingest import Ingest
+from streamgw.gateway.streams import LiveStream
+from streamgw.metrics import Metrics
+from streamgw.output.hls import HlsOutput, Variant, master_playlist
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+SEGMENT_TYPE = "video/mp2t"
+# Playlists change every segment; segments never change (their names are unique per publication).
+PLAYLIST_CACHE = "max-age=1"
+SEGMENT_CACHE = "public, max-age=86400, immutable"
+
+
+class StreamView(BaseModel):
+    """A stream as the control API shows it."""
+
+    name: str
+    state: str
+    publisher: str
+    video_codec: str | None
+    audio_codec: str | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    sample_rate: int | None
+    codecs: str | None
+    bitrate: int
+    bytes_in: int
+    segments: int
+    media_seconds: float
+    uptime: float
+    started_at: float
+    reconnects: int
+    renditions: list[str]
+    playlist: str
+    last_error: str | None
+
+
+class Health(BaseModel):
+    """Liveness answer."""
+
+    status: str
+    version: str
+    streams: int
+    uptime: float
+
+
+def _view(stream: LiveStream, hls: HlsOutput) -> StreamView:
+    info = stream.info
+    return StreamView(
+        name=stream.name,
+        state=stream.state.value,
+        publisher=stream.publisher,
+        video_codec=info.video_codec if info else None,
+        audio_codec=info.audio_codec if info else None,
+        width=info.width if info else None,
+        height=info.height if info else None,
+        fps=info.fps if info else None,
+        sample_rate=info.sample_rate if info else None,
+        codecs=info.codecs if info else None,
+        bitrate=int(stream.bitrate),
+        bytes_in=stream.bytes_in,
+        segments=stream.segments,
+        media_seconds=round(stream.media_seconds, 3),
+        uptime=round(stream.uptime, 3),
+        started_at=stream.started_wall,
+        reconnects=stream.reconnects,
+        renditions=sorted(hls.renditions(stream.name)),
+        playlist=f"/stream/{stream.name}.m3u8",
+        last_error=stream.last_error,
+    )
+
+
+def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path) -> FastAPI:
+    """Build the FastAPI application over the running gateway parts."""
+    started = time.monotonic()
+    app = FastAPI(title="streamgw", version=__version__, description="Live video gateway for Livepeer")
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS"], allow_headers=["*"]
+    )
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        """Liveness and a one-line summary."""
+        return Health(status="ok", version=__version__, streams=len(ingest.live_streams()),
+                      uptime=round(time.monotonic() - started, 3))
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/streams", response_model=list[StreamView], tags=["streams"])
+    def list_streams() -> list[StreamView]:
+        """Every live (or reconnecting) stream."""
+        return [_view(s, hls) for s in sorted(ingest.live_streams(), key=lambda s: s.name)]
+
+    @app.get("/api/streams/{name}", response_model=StreamView, tags=["streams"])
+    def get_stream(name: str) -> StreamView:
+        """One stream, including a recently ended one."""
+        stream = ingest.streams.get(name)
+        if stream is None:
+            raise HTTPException(404, f"no stream {name!r}")
+        return _view(stream, hls)
+
+    @app.get("/stream/{name}.m3u8", tags=["hls"], response_class=Response)
+    def master(name: str) -> Response:
+        """The master playlist of a stream: one variant per rendition."""
+        stream = ingest.streams.get(name)
+        renditions = hls.renditions(name)
+        if stream is None or not renditions:
+            raise HTTPException(404, f"no stream {name!r}")
+        info = stream.info
+        variants = []
+        for rendition, rp in renditions.items():
+            if rendition == "source":
+                variants.append(Variant(
+                    rendition, rp.bandwidth or int(stream.bitrate), info.codecs if info else "",
+                    info.width if info else None, info.height if info else None,
+                    info.fps if info and info.fps and math.isfinite(info.fps) else None,
+                ))
+        return Response(master_playlist(variants), media_type=PLAYLIST_TYPE,
+                        headers={"Cache-Control": PLAYLIST_CACHE})
+
+    @app.get("/stream/{name}/{rendition}.m3u8", tags=["hls"], response_class=Response)
+    def media(name: str, rendition: str) -> Response:
+        """A rendition's live media playlist."""
+        text = hls.media_playlist(name, rendition)
+        if text is None:
+            raise HTTPException(404, f"no rendition {rendition!r} of stream {name!r}")
+        return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": PLAYLIST_CACHE})
+
+    @app.get("/stream/{name}/{rendition}/{segment}", tags=["hls"], response_class=Response)
+    def segment(name: str, rendition: str, segment: str) -> Response:
+        """A segment's MPEG-TS bytes, while it is retained."""
+        data = hls.segment(name, rendition, segment)
+        if data is None:
+            raise HTTPException(404, f"no segment {segment!r}")
+        return Response(data, media_type=SEGMENT_TYPE, headers={"Cache-Control": SEGMENT_CACHE})
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(web_dir / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/web", StaticFiles(directory=web_dir), name="web")
+    return app

@@ -1,0 +1,84 @@
+"""The ``streamgw`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from streamgw import __version__
+from streamgw.config import Settings, load_settings
+from streamgw.errors import ConfigError
+from streamgw.log import configure
+from streamgw.node import GatewayNode
+
+log = logging.getLogger(__name__)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (also STREAMGW_CONFIG)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind: Any = field.annotation if field.annotation in (int, float) else str
+        parser.add_argument(
+            flag, dest=name, type=kind, default=None, metavar=name.upper(),
+            help=f"{field.description} (default: {field.default!r}; env STREAMGW_{name.upper()})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand and setting."""
+    parser = argparse.ArgumentParser(
+        prog="streamgw",
+        description="Live video gateway for the Livepeer network: RTMP in, segments, HLS out.",
+        epilog="Settings come from defaults, then --config FILE, then STREAMGW_* variables, then flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="run the whole system on this machine (zero config)",
+                        description="Run the gateway: RTMP ingest, segmenter, HLS output, API and web page.")
+    _add_settings_flags(up)
+    gw = sub.add_parser("gateway", help="run the gateway", description="Run the gateway alone.")
+    _add_settings_flags(gw)
+    return parser
+
+
+async def _serve(settings: Settings) -> None:
+    node = GatewayNode(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    print(f"streamgw {__version__}: publish to rtmp://{settings.rtmp_addr}/live/STREAM, "
+          f"watch at http://{settings.http_addr}/", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await node.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``streamgw`` console script."""
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"streamgw: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        print(f"streamgw: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Settings: defaults < TOML file < ``STREAMGW_*`` environment < command-line flags.
+
+Validated once at start-up; unknown keys anywhere are errors. ``samples/streamgw.toml``
+documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamgw.errors import ConfigError
+
+ENV_PREFIX = "STREAMGW_"
+ENV_CONFIG_FILE = "STREAMGW_CONFIG"
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """Split 'HOST:PORT' (IPv6 as '[::1]:PORT') into host and port."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{addr!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Settings(BaseModel):
+    """Every setting of a streamgw process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rtmp_addr: str = Field("127.0.0.1:1935", description="RTMP listen address, HOST:PORT")
+    http_addr: str = Field("127.0.0.1:9935", description="HTTP listen address (HLS, API, web), HOST:PORT")
+    segment_duration: float = Field(
+        2.0, ge=0.5, le=30.0, description="target segment duration in seconds; cuts happen at keyframes"
+    )
+    playlist_window: int = Field(6, ge=2, le=100, description="segments listed in each live media playlist")
+    keyframe_timeout: float = Field(
+        10.0, ge=1.0, le=120.0, description="drop a publisher that sends no keyframe for this many seconds"
+    )
+    reconnect_grace: float = Field(
+        10.0, ge=0.0, le=600.0,
+        description="seconds a dropped publisher may take to come back and continue the same stream",
+    )
+    ended_retention: float = Field(
+        60.0, ge=0.0, le=86400.0, description="seconds an ended stream's playlists stay available"
+    )
+    max_streams: int = Field(100, ge=1, le=100000, description="most streams published at once")
+    record_dir: str = Field("", description="directory to record every segment to; empty: no recording")
+    probe_duration: float = Field(
+        0.1, ge=0.0, le=5.0, description="seconds of media PyAV may read to probe a new stream"
+    )
+    rtmp_handshake_timeout: float = Field(10.0, gt=0, le=120, description="seconds allowed for the RTMP handshake")
+    rtmp_idle_timeout: float = Field(
+        30.0, gt=0, le=3600, description="drop an RTMP connection that sends nothing for this many seconds"
+    )
+    max_message_size: int = Field(
+        8 * 1024 * 1024, ge=65536, le=16 * 1024 * 1024, description="largest RTMP message accepted, bytes"
+    )
+    max_segment_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024, description="largest segment accepted, bytes"
+    )
+    web_dir: str = Field("", description="directory of the web pages; empty: the bundled web/")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("rtmp_addr", "http_addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        split_addr(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    fields = Settings.model_fields
+    values: dict[str, str] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            raise ConfigError(f"unknown environment setting {key}")
+        values[name] = value
+    return values
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings from a TOML file, the environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_CONFIG_FILE)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    values.update(_from_env(environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(values, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,1 @@
+"""RTMP ingest: handshake, chunk stream, AMF0 commands, FLV tags for the segmenter."""

@@ -1,0 +1,66 @@
+"""A bounded, thread-safe byte pipe from the event loop to a PyAV worker thread."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from streamgw.errors import MediaError
+
+
+class ByteQueue:
+    """Bytes written on the event loop, read as a file by a demuxer in another thread.
+
+    ``write`` never blocks: past ``max_bytes`` unread it raises :class:`MediaError`, because a
+    passthrough segmenter cannot drop bytes without corrupting the stream. ``read`` blocks until
+    data, end of input, or ``read_timeout`` seconds pass (then it reports end of input).
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, read_timeout: float = 60.0) -> None:
+        self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
+        self.last_arrival = 0.0  # time.monotonic() when the last consumed bytes were written
+        self._chunks: collections.deque[tuple[bytes, float]] = collections.deque()
+        self._size = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the reader."""
+        if not data:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            if self._size + len(data) > self.max_bytes:
+                raise MediaError(f"segmenter input backlog exceeds {self.max_bytes} bytes")
+            self._chunks.append((data, time.monotonic()))
+            self._size += len(data)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Signal end of input; the reader drains what is queued, then sees EOF."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Bytes written but not yet read."""
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        """Return up to ``n`` bytes (at least one unless at end of input)."""
+        with self._cond:
+            if not self._chunks and not self._closed:
+                self._cond.wait_for(lambda: bool(self._chunks) or self._closed, self.read_timeout)
+            if not self._chunks:
+                return b""
+            data, arrival = self._chunks.popleft()
+            if 0 < n < len(data):
+                self._chunks.appendleft((data[n:], arrival))
+                data = data[:n]
+            self._size -= len(data)
+            self.last_arrival = arrival
+            return data

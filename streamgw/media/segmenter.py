@@ -1,0 +1,219 @@
+"""Cut a live FLV byte stream into self-contained MPEG-TS segments with PyAV, without re-encoding.
+
+Runs in a worker thread (PyAV blocks and releases the GIL); it never touches the event loop.
+Every segment starts with PAT/PMT and an IDR frame (the mpegts muxer inserts
+``h264_mp4toannexb``, which puts SPS/PPS in front of each IDR), keeps the input's timestamps so
+that consecutive segments are continuous, and carries the audio.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+import av.error
+
+from streamgw.errors import KeyframeTimeout, MediaError, SegmentTooLarge
+from streamgw.segment import Segment
+
+log = logging.getLogger(__name__)
+
+
+class ByteSource(Protocol):
+    """What the demuxer reads: blocking ``read`` returning b"" at end of input."""
+
+    last_arrival: float
+
+    def read(self, n: int = -1) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """What probing found in a published stream."""
+
+    video_codec: str | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    audio_codec: str | None
+    sample_rate: int | None
+    channels: int | None
+    codecs: str  # RFC 6381 codecs string for HLS, e.g. 'avc1.64001f,mp4a.40.2'
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterSettings:
+    """How to cut: target duration, bounds, and how long to probe."""
+
+    target_duration: Fraction = Fraction(2)
+    keyframe_timeout: Fraction = Fraction(10)
+    max_segment_bytes: int = 64 * 1024 * 1024
+    probe_duration: Fraction = Fraction(1, 10)
+    input_format: str = "flv"
+
+
+class _Cut:
+    """The segment being written: one mpegts muxer into memory."""
+
+    def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool) -> None:
+        self.buf = io.BytesIO()
+        self.container = av.open(self.buf, "w", format="mpegts")
+        self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
+        self.start_pts = start_pts
+        self.size = 0
+        self.discontinuity = discontinuity
+
+    def mux(self, packet: av.Packet) -> None:
+        self.size += packet.size
+        packet.stream = self.map[packet.stream.index]
+        self.container.mux(packet)
+
+    def finish(self) -> bytes:
+        self.container.close()
+        return self.buf.getvalue()
+
+
+class Segmenter:
+    """Reads one publisher's byte stream and emits :class:`Segment` values until end of input.
+
+    ``on_info`` is called once after probing, ``on_segment`` for each finished segment with
+    ``latency`` = seconds from the arrival of the bytes that closed it to its emission. Both run
+    in the worker thread: the caller hands values to its event loop thread-safely.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        settings: SegmenterSettings,
+        *,
+        first_seq: int,
+        discontinuity: bool,
+        on_info: Callable[[MediaInfo], None],
+        on_segment: Callable[[Segment, float], None],
+    ) -> None:
+        self.stream_id = stream_id
+        self.settings = settings
+        self.next_seq = first_seq
+        self._discontinuity = discontinuity
+        self._on_info = on_info
+        self._on_segment = on_segment
+
+    def run(self, source: ByteSource) -> None:
+        """Segment everything ``source`` delivers. Raises :class:`MediaError` on bad media."""
+        options = {
+            "analyzeduration": str(int(self.settings.probe_duration * 1_000_000)),
+            "probesize": "32768",
+        }
+        try:
+            container = av.open(source, "r", format=self.settings.input_format, options=options)
+        except (av.error.FFmpegError, EOFError) as exc:
+            raise MediaError(f"cannot open published stream: {exc}") from exc
+        try:
+            self._segment(container, source)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"segmenter failed: {exc}") from exc
+        finally:
+            container.close()
+
+    def _segment(self, container: Any, source: ByteSource) -> None:
+        videos = [s for s in container.streams.video if s.codec_context.name == "h264"]
+        audios = [s for s in container.streams.audio if s.codec_context.name in ("aac", "mp3")]
+        if not videos and not audios:
+            raise MediaError("published stream has neither H.264 video nor AAC audio")
+        video = videos[0] if videos else None
+        streams = ([video] if video else []) + audios[:1]
+        self._on_info(_media_info(video, audios[0] if audios else None))
+        clock = video if video is not None else streams[0]
+        tb = Fraction(clock.time_base)
+        target = int(self.settings.target_duration * Fraction(0.95) / tb)
+        timeout = int(self.settings.keyframe_timeout / tb)
+        cut: _Cut | None = None
+        first_seen: int | None = None
+        last_end = 0
+        for packet in container.demux(streams):
+            if packet.dts is None or packet.size == 0:
+                continue
+            pts = packet.pts if packet.pts is not None else packet.dts
+            ts = int(Fraction(pts) * Fraction(packet.time_base) / tb)
+            is_cut_point = packet.is_keyframe if video is not None else True
+            if packet.stream is clock and is_cut_point:
+                if cut is None:
+                    cut = _Cut(streams, ts, self._discontinuity)
+                elif ts - cut.start_pts >= target:
+                    self._emit(cut, ts - cut.start_pts, tb, source)
+                    cut = _Cut(streams, ts, False)
+            if packet.stream is clock:
+                end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
+                last_end = max(last_end, end)
+            if cut is None:
+                first_seen = ts if first_seen is None else first_seen
+                if ts - first_seen > timeout:
+                    raise KeyframeTimeout(
+                        f"no keyframe in the first {float(self.settings.keyframe_timeout):.1f} s"
+                    )
+                continue
+            if ts - cut.start_pts > timeout:
+                raise KeyframeTimeout(
+                    f"no keyframe for {float(self.settings.keyframe_timeout):.1f} s"
+                )
+            if cut.size + packet.size > self.settings.max_segment_bytes:
+                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
+            cut.mux(packet)
+        if cut is not None and last_end > cut.start_pts:
+            self._emit(cut, last_end - cut.start_pts, tb, source)
+
+    def _emit(self, cut: _Cut, duration: int, tb: Fraction, source: ByteSource) -> None:
+        data = cut.finish()
+        segment = Segment(
+            stream_id=self.stream_id,
+            seq=self.next_seq,
+            rendition="source",
+            start_pts=cut.start_pts,
+            duration=duration,
+            time_base=tb,
+            data=data,
+            discontinuity=cut.discontinuity,
+        )
+        self.next_seq += 1
+        latency = max(0.0, time.monotonic() - source.last_arrival)
+        self._on_segment(segment, latency)
+
+
+def _media_info(video: Any, audio: Any) -> MediaInfo:
+    codecs: list[str] = []
+    fps: float | None = None
+    if video is not None:
+        ctx = video.codec_context
+        codecs.append(_avc_codec_string(ctx.extradata))
+        rate = video.average_rate or video.guessed_rate
+        fps = float(rate) if rate else None
+    if audio is not None:
+        codecs.append("mp4a.40.5" if (audio.codec_context.profile or "").startswith("HE") else "mp4a.40.2")
+    return MediaInfo(
+        video_codec=video.codec_context.name if video is not None else None,
+        width=video.codec_context.width if video is not None else None,
+        height=video.codec_context.height if video is not None else None,
+        fps=fps,
+        audio_codec=audio.codec_context.name if audio is not None else None,
+        sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+        channels=audio.codec_context.channels if audio is not None else None,
+        codecs=",".join(codecs),
+    )
+
+
+def _avc_codec_string(extradata: bytes | None) -> str:
+    """RFC 6381 'avc1.PPCCLL' from an avcC record (or an Annex B SPS)."""
+    if extradata and len(extradata) >= 4 and extradata[0] == 1:
+        return f"avc1.{extradata[1]:02x}{extradata[2]:02x}{extradata[3]:02x}"
+    if extradata:
+        idx = extradata.find(b"\x00\x00\x01")
+        if idx >= 0 and len(extradata) >= idx + 7 and extradata[idx + 3] & 0x1F == 7:
+            p, c, lvl = extradata[idx + 4], extradata[idx + 5], extradata[idx + 6]
+            return f"avc1.{p:02x}{c:02x}{lvl:02x}"
+    return "avc1.640028"

@@ -1,0 +1,59 @@
+"""Prometheus metrics of one gateway process (its own registry: no module-level state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streamgw.gateway.ingest import SegmentObserver
+from streamgw.segment import Segment
+
+
+class Metrics(SegmentObserver):
+    """The gateway's metrics; ``render`` gives the text exposition format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.bytes_in = Counter(
+            "streamgw_ingest_bytes", "Media bytes received from publishers", registry=self.registry
+        )
+        self.segments_out = Counter(
+            "streamgw_segments", "Segments produced", ["rendition"], registry=self.registry
+        )
+        self.segment_seconds = Counter(
+            "streamgw_segment_media_seconds", "Seconds of media cut into segments", ["rendition"],
+            registry=self.registry,
+        )
+        self.segmenter_latency = Histogram(
+            "streamgw_segmenter_latency_seconds",
+            "Time from the arrival of the bytes that close a segment to the segment being emitted",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.streams = Gauge("streamgw_streams", "Streams live or reconnecting", registry=self.registry)
+        self.rtmp_connections = Gauge(
+            "streamgw_rtmp_connections", "Open RTMP connections", registry=self.registry
+        )
+        self.rtmp_protocol_errors = Gauge(
+            "streamgw_rtmp_protocol_errors", "RTMP connections closed for protocol errors (total)",
+            registry=self.registry,
+        )
+
+    def on_segment(self, segment: Segment, latency: float) -> None:
+        self.segments_out.labels(segment.rendition).inc()
+        self.segment_seconds.labels(segment.rendition).inc(segment.duration_seconds)
+        self.segmenter_latency.observe(latency)
+
+    def on_bytes(self, n: int) -> None:
+        self.bytes_in.inc(n)
+
+    def bind(self, streams: Callable[[], int], connections: Callable[[], int], errors: Callable[[], int]) -> None:
+        """Read gauges from the live objects at scrape time."""
+        self.streams.set_function(streams)
+        self.rtmp_connections.set_function(connections)
+        self.rtmp_protocol_errors.set_function(errors)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""The composition root of a gateway process: builds every part from the settings and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import uvicorn
+
+from streamgw.api.app import create_app
+from streamgw.config import Settings, split_addr
+from streamgw.gateway.hub import Hub
+from streamgw.gateway.ingest import Ingest, IngestSettings
+from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
+from streamgw.media.segmenter import SegmenterSettings
+from streamgw.metrics import Metrics
+from streamgw.output.hls import HlsOutput, Recorder
+
+log = logging.getLogger(__name__)
+
+BUNDLED_WEB = Path(__file__).resolve().parent.parent / "web"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the node owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class GatewayNode:
+    """RTMP ingest, segmenter, HLS output and HTTP API wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub()
+        self.metrics = Metrics()
+        self.ingest = Ingest(
+            self.hub,
+            IngestSettings(
+                segmenter=SegmenterSettings(
+                    target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
+                    keyframe_timeout=Fraction(settings.keyframe_timeout).limit_denominator(1000),
+                    max_segment_bytes=settings.max_segment_bytes,
+                    probe_duration=Fraction(settings.probe_duration).limit_denominator(1000),
+                ),
+                reconnect_grace=settings.reconnect_grace,
+                ended_retention=settings.ended_retention,
+                max_streams=settings.max_streams,
+            ),
+            observer=self.metrics,
+        )
+        recorder = Recorder(Path(settings.record_dir)) if settings.record_dir else None
+        self.hls = HlsOutput(
+            window=settings.playlist_window, target_duration=settings.segment_duration, recorder=recorder
+        )
+        self.ingest.on_removed(lambda stream: self.hls.forget(stream.name))
+        self.rtmp = RtmpServer(
+            self.ingest.open_publisher,
+            RtmpLimits(
+                handshake_timeout=settings.rtmp_handshake_timeout,
+                idle_timeout=settings.rtmp_idle_timeout,
+                max_message_size=settings.max_message_size,
+            ),
+        )
+        self.metrics.bind(
+            lambda: len(self.ingest.live_streams()),
+            lambda: self.rtmp.active_connections,
+            lambda: self.rtmp.protocol_errors,
+        )
+        web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
+        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir)
+        self._http: _Uvicorn | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.http_port = 0
+
+    async def start(self) -> None:
+        """Bind both ports and start serving."""
+        self._tasks.append(asyncio.create_task(self.hls.run(self.hub.subscribe(maxsize=1024))))
+        host, port = split_addr(self.settings.rtmp_addr)
+        await self.rtmp.start(host, port)
+        host, port = split_addr(self.settings.http_addr)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2)
+        self._http = _Uvicorn(config)
+        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+        while not self._http.started:
+            await asyncio.sleep(0.01)
+            if self._tasks[-1].done():
+                self._tasks[-1].result()
+        log.info("RTMP on rtmp://%s:%d/live/STREAM, HTTP on http://%s:%d/",
+                 host if host else "0.0.0.0", self.rtmp.port, host, self.http_port)
+
+    async def close(self) -> None:
+        """End publishers (flushing their last segments), then stop serving."""
+        await self.rtmp.close()
+        await self.ingest.close()
+        await asyncio.sleep(0)  # let the HLS task apply the final events
+        await self.hls.flush()
+        if self._http is not None:
+            self._http.should_exit = True
+        for task in self._tasks[:1]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

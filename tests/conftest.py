@@ -1,0 +1,163 @@
+"""Shared fixtures: a real gateway on 127.0.0.1 ports, real ffmpeg publishers, generated media."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from streamgw.config import load_settings
+from streamgw.node import GatewayNode
+
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+FFPROBE = shutil.which("ffprobe") or "ffprobe"
+
+
+@dataclass
+class RunningGateway:
+    """A gateway node running on its own event loop in a thread."""
+
+    node: GatewayNode
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def rtmp_port(self) -> int:
+        return self.node.rtmp.port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.node.http_port}"
+
+    def rtmp_url(self, name: str) -> str:
+        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{name}"
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the gateway's loop and return its result."""
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # pragma: no cover - surfaced to the test
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(10)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.http + path, timeout=10, **kw)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def start_gateway(**overrides: Any) -> RunningGateway:
+    """Start a gateway with test-friendly settings plus ``overrides``."""
+    base: dict[str, Any] = {"rtmp_addr": "127.0.0.1:0", "http_addr": "127.0.0.1:0", "reconnect_grace": 0.0}
+    base.update(overrides)
+    settings = load_settings(None, base, environ={})
+    loop = asyncio.new_event_loop()
+    node = GatewayNode(settings)
+    started: Future[None] = Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            try:
+                await node.start()
+                started.set_result(None)
+            except BaseException as exc:
+                started.set_exception(exc)
+
+        loop.run_until_complete(boot())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="gateway-loop", daemon=True)
+    thread.start()
+    started.result(20)
+    return RunningGateway(node, loop, thread)
+
+
+def stop_gateway(gw: RunningGateway) -> None:
+    """Close the node and its loop."""
+    asyncio.run_coroutine_threadsafe(gw.node.close(), gw.loop).result(30)
+    gw.loop.call_soon_threadsafe(gw.loop.stop)
+    gw.thread.join(10)
+    gw.loop.close()
+
+
+@pytest.fixture
+def gateway_factory() -> Iterator[Callable[..., RunningGateway]]:
+    """Start gateways with custom settings; all are stopped at the end of the test."""
+    running: list[RunningGateway] = []
+
+    def make(**overrides: Any) -> RunningGateway:
+        gw = start_gateway(**overrides)
+        running.append(gw)
+        return gw
+
+    yield make
+    for gw in running:
+        stop_gateway(gw)
+
+
+@pytest.fixture
+def gateway(gateway_factory: Callable[..., RunningGateway]) -> RunningGateway:
+    """A gateway with default test settings."""
+    return gateway_factory()
+
+
+def ffmpeg_publish_args(
+    url: str,
+    *,
+    seconds: float,
+    realtime: bool = True,
+    size: str = "640x360",
+    fps: int = 30,
+    gop: int | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """An ffmpeg command that publishes generated testsrc2 video and a sine tone over RTMP."""
+    args = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin"]
+    if realtime:
+        args.append("-re")
+    args += [
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        "-t", str(seconds),
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+        "-g", str(gop if gop is not None else fps * 2), "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-b:a", "96k",
+    ]
+    args += extra or []
+    args += ["-f", "flv", url]
+    return args
+
+
+def publish(url: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Publish with ffmpeg and wait for it to finish."""
+    seconds = kw.get("seconds", 4)
+    return subprocess.run(ffmpeg_publish_args(url, **kw), capture_output=True, text=True,
+                          timeout=seconds * 3 + 30)
+
+
+def start_publish(url: str, **kw: Any) -> subprocess.Popen[str]:
+    """Start publishing with ffmpeg in the background."""
+    return subprocess.Popen(ffmpeg_publish_args(url, **kw), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
