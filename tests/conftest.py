@@ -159,5 +159,17 @@ def publish(url: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 
 def start_publish(url: str, **kw: Any) -> subprocess.Popen[str]:
     """Start publishing with ffmpeg in the background."""
-    return subprocess.Popen(ffmpeg_publish_args(url, **kw), stdout=subprocess.PIPE,
+    return subprocess.Popen(ffmpeg_publish_args(url, **kw), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], *, kill: bool = False, timeout: float = 60) -> str:
+    """Wait for (or first SIGKILL) a background publisher; returns its stderr."""
+    if kill:
+        proc.kill()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err or ""

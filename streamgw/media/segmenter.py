@@ -24,6 +24,9 @@ from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
 
+TS_PACKET = 188
+SDT_PID = 0x11
+
 
 class ByteSource(Protocol):
     """What the demuxer reads: blocking ``read`` returning b"" at end of input."""
@@ -63,7 +66,8 @@ class _Cut:
 
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool) -> None:
         self.buf = io.BytesIO()
-        self.container = av.open(self.buf, "w", format="mpegts")
+        # One SDT at most (it is written once at the start), which finish() removes.
+        self.container = av.open(self.buf, "w", format="mpegts", options={"sdt_period": "100000"})
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         self.start_pts = start_pts
         self.size = 0
@@ -76,7 +80,12 @@ class _Cut:
 
     def finish(self) -> bytes:
         self.container.close()
-        return self.buf.getvalue()
+        data = self.buf.getvalue()
+        # FFmpeg writes the SDT (PID 0x11) before the PAT; players need only PAT/PMT, and a
+        # segment that starts with them is self-describing from its first packet.
+        if len(data) >= TS_PACKET and ((data[1] & 0x1F) << 8 | data[2]) == SDT_PID:
+            data = data[TS_PACKET:]
+        return data
 
 
 class Segmenter:

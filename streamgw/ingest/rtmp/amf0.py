@@ -33,6 +33,10 @@ AVMPLUS = 0x11
 
 MAX_DEPTH = 16
 MAX_ELEMENTS = 4096
+# Bytes that references may add to a decoded value if it were written out again with the
+# referenced objects inlined (as :func:`encode` does): without this, a few hundred bytes of
+# nested references decode to a value whose encoding never ends.
+MAX_REFERENCE_BYTES = 65536
 
 _DOUBLE = struct.Struct(">d")
 _U16 = struct.Struct(">H")
@@ -77,12 +81,22 @@ Value = Union[
 
 
 class _Reader:
-    __slots__ = ("data", "pos", "objects")
+    __slots__ = ("data", "pos", "objects", "sizes", "extra")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
         self.objects: list[Value] = []
+        self.sizes: list[int] = []  # inlined size of each complete object; -1 while decoding it
+        self.extra = 0  # bytes the references decoded so far would add when inlined
+
+    def register(self, obj: Value) -> int:
+        self.objects.append(obj)
+        self.sizes.append(-1)
+        return len(self.objects) - 1
+
+    def complete(self, slot: int, start_pos: int, start_extra: int) -> None:
+        self.sizes[slot] = (self.pos - start_pos) + (self.extra - start_extra)
 
     def take(self, n: int) -> memoryview:
         end = self.pos + n
@@ -123,6 +137,7 @@ class _Reader:
     def value(self, depth: int = 0) -> Value:
         if depth > MAX_DEPTH:
             raise AmfError(f"AMF0 nesting deeper than {MAX_DEPTH}")
+        start_pos, start_extra = self.pos, self.extra
         marker = self.u8()
         if marker == NUMBER:
             return float(_DOUBLE.unpack(self.take(8))[0])
@@ -132,8 +147,9 @@ class _Reader:
             return self.short_string()
         if marker == OBJECT:
             obj: dict[str, Value] = {}
-            self.objects.append(obj)
+            slot = self.register(obj)
             obj.update(self.properties(depth))
+            self.complete(slot, start_pos, start_extra)
             return obj
         if marker == NULL:
             return None
@@ -143,21 +159,28 @@ class _Reader:
             (index,) = _U16.unpack(self.take(2))
             if index >= len(self.objects):
                 raise AmfError(f"AMF0 reference {index} to an unknown object")
+            if self.sizes[index] < 0:
+                raise AmfError(f"AMF0 reference {index} to an object that contains it")
+            self.extra += self.sizes[index]
+            if self.extra > MAX_REFERENCE_BYTES:
+                raise AmfError(f"AMF0 references expand to more than {MAX_REFERENCE_BYTES} bytes")
             return self.objects[index]
         if marker == ECMA_ARRAY:
             self.take(4)  # count hint; the terminator is authoritative
             arr = EcmaArray({})
-            self.objects.append(arr)
+            slot = self.register(arr)
             arr.items.update(self.properties(depth))
+            self.complete(slot, start_pos, start_extra)
             return arr
         if marker == STRICT_ARRAY:
             (count,) = _U32.unpack(self.take(4))
             if count > MAX_ELEMENTS:
                 raise AmfError(f"AMF0 strict array of {count} elements exceeds {MAX_ELEMENTS}")
             items: list[Value] = []
-            self.objects.append(items)
+            slot = self.register(items)
             for _ in range(count):
                 items.append(self.value(depth + 1))
+            self.complete(slot, start_pos, start_extra)
             return items
         if marker == DATE:
             millis = _DOUBLE.unpack(self.take(8))[0]
@@ -171,8 +194,9 @@ class _Reader:
         if marker == TYPED_OBJECT:
             self.short_string()  # class name, not needed
             typed: dict[str, Value] = {}
-            self.objects.append(typed)
+            slot = self.register(typed)
             typed.update(self.properties(depth))
+            self.complete(slot, start_pos, start_extra)
             return typed
         if marker == AVMPLUS:
             raise AmfError("AMF3 values are not supported inside AMF0")

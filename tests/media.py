@@ -1,0 +1,94 @@
+"""Inspecting HLS output with PyAV: what a player would decode."""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import av
+
+
+@dataclass
+class SegmentProbe:
+    """What one MPEG-TS segment holds, decoded on its own."""
+
+    first_ts_pid: int
+    video_start: float
+    video_end: float
+    audio_start: float | None
+    video_frames: int
+    audio_frames: int
+    first_frame_key: bool
+    width: int
+    height: int
+
+
+def probe_segment(data: bytes) -> SegmentProbe:
+    """Decode a segment alone (no state from earlier segments) and summarise it."""
+    assert data[0] == 0x47, "not MPEG-TS"
+    pid = ((data[1] & 0x1F) << 8) | data[2]
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        assert c.streams.video, "no video stream"
+        v = c.streams.video[0]
+        a = c.streams.audio[0] if c.streams.audio else None
+        vts: list[float] = []
+        ats: list[float] = []
+        first_key = None
+        width = height = 0
+        for frame in c.decode(*(s for s in (v, a) if s is not None)):
+            if isinstance(frame, av.VideoFrame):
+                if first_key is None:
+                    first_key = frame.key_frame
+                vts.append(float(frame.pts * frame.time_base))
+                width, height = frame.width, frame.height
+            else:
+                ats.append(float(frame.pts * frame.time_base))
+    assert vts, "no decodable video frame"
+    step = (vts[-1] - vts[0]) / max(1, len(vts) - 1)
+    return SegmentProbe(pid, min(vts), max(vts) + step, min(ats) if ats else None, len(vts), len(ats),
+                        bool(first_key), width, height)
+
+
+@dataclass
+class Playlist:
+    """A parsed media playlist."""
+
+    target_duration: int
+    media_sequence: int
+    discontinuity_sequence: int
+    entries: list[tuple[float, str, bool, str | None]]  # (duration, uri, discontinuity, pdt)
+    ended: bool
+
+
+def parse_playlist(text: str) -> Playlist:
+    """Parse the subset of RFC 8216 the gateway writes."""
+    lines = text.strip().splitlines()
+    assert lines[0] == "#EXTM3U"
+    target = msn = dsn = 0
+    entries: list[tuple[float, str, bool, str | None]] = []
+    disc = False
+    pdt: str | None = None
+    dur = 0.0
+    for line in lines[1:]:
+        if m := re.match(r"#EXT-X-TARGETDURATION:(\d+)$", line):
+            target = int(m.group(1))
+        elif m := re.match(r"#EXT-X-MEDIA-SEQUENCE:(\d+)$", line):
+            msn = int(m.group(1))
+        elif m := re.match(r"#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)$", line):
+            dsn = int(m.group(1))
+        elif line == "#EXT-X-DISCONTINUITY":
+            disc = True
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            pdt = line.split(":", 1)[1]
+        elif m := re.match(r"#EXTINF:([\d.]+),", line):
+            dur = float(m.group(1))
+        elif not line.startswith("#"):
+            entries.append((dur, line, disc, pdt))
+            disc, pdt = False, None
+    return Playlist(target, msn, dsn, entries, "#EXT-X-ENDLIST" in lines)
+
+
+def seq_of(uri: str) -> int:
+    """The sequence number in a segment URI 'SESSION-SEQ.ts'."""
+    return int(uri.rsplit("-", 1)[1].split(".")[0])
