@@ -38,6 +38,7 @@ class StreamView(BaseModel):
     fps: float | None
     sample_rate: int | None
     codecs: str | None
+    probe_seconds: float | None
     bitrate: int
     bytes_in: int
     segments: int
@@ -72,6 +73,7 @@ def _view(stream: LiveStream, hls: HlsOutput) -> StreamView:
         fps=info.fps if info else None,
         sample_rate=info.sample_rate if info else None,
         codecs=info.codecs if info else None,
+        probe_seconds=info.probe_seconds if info else None,
         bitrate=int(stream.bitrate),
         bytes_in=stream.bytes_in,
         segments=stream.segments,

@@ -23,7 +23,7 @@ Event = Union[Segment, StreamEnded]
 class Subscription:
     """A bounded queue of events for one consumer; when full, the oldest event is dropped."""
 
-    def __init__(self, hub: "Hub", maxsize: int) -> None:
+    def __init__(self, hub: Hub, maxsize: int) -> None:
         self._hub = hub
         self._items: collections.deque[Event] = collections.deque()
         self._maxsize = maxsize

@@ -43,7 +43,7 @@ class SegmentObserver:
 class _Publisher:
     """The sink one publisher's bytes go to; feeds its segmenter thread."""
 
-    def __init__(self, ingest: "Ingest", stream: LiveStream, queue: ByteQueue) -> None:
+    def __init__(self, ingest: Ingest, stream: LiveStream, queue: ByteQueue) -> None:
         self.ingest = ingest
         self.stream = stream
         self.queue = queue

@@ -21,6 +21,7 @@ class ByteQueue:
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
         self.last_arrival = 0.0  # time.monotonic() when the last consumed bytes were written
+        self.first_arrival = 0.0  # time.monotonic() when the first bytes were written
         self._chunks: collections.deque[tuple[bytes, float]] = collections.deque()
         self._size = 0
         self._closed = False
@@ -35,7 +36,10 @@ class ByteQueue:
                 return
             if self._size + len(data) > self.max_bytes:
                 raise MediaError(f"segmenter input backlog exceeds {self.max_bytes} bytes")
-            self._chunks.append((data, time.monotonic()))
+            now = time.monotonic()
+            if not self.first_arrival:
+                self.first_arrival = now
+            self._chunks.append((data, now))
             self._size += len(data)
             self._cond.notify()
 

@@ -8,6 +8,7 @@ that consecutive segments are continuous, and carries the audio.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -31,7 +32,8 @@ SDT_PID = 0x11
 class ByteSource(Protocol):
     """What the demuxer reads: blocking ``read`` returning b"" at end of input."""
 
-    last_arrival: float
+    first_arrival: float  # time.monotonic() of the first byte written, 0.0 before
+    last_arrival: float  # time.monotonic() of the last byte read
 
     def read(self, n: int = -1) -> bytes: ...
 
@@ -48,6 +50,7 @@ class MediaInfo:
     sample_rate: int | None
     channels: int | None
     codecs: str  # RFC 6381 codecs string for HLS, e.g. 'avc1.64001f,mp4a.40.2'
+    probe_seconds: float = 0.0  # wall time from the first input byte to the end of probing
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class _Cut:
         self.size = 0
         self.discontinuity = discontinuity
 
-    def mux(self, packet: av.Packet) -> None:
+    def mux(self, packet: Any) -> None:
         self.size += packet.size
         packet.stream = self.map[packet.stream.index]
         self.container.mux(packet)
@@ -112,6 +115,7 @@ class Segmenter:
         self._discontinuity = discontinuity
         self._on_info = on_info
         self._on_segment = on_segment
+        self._probed = 0.0
 
     def run(self, source: ByteSource) -> None:
         """Segment everything ``source`` delivers. Raises :class:`MediaError` on bad media."""
@@ -119,10 +123,12 @@ class Segmenter:
             "analyzeduration": str(int(self.settings.probe_duration * 1_000_000)),
             "probesize": "32768",
         }
+        started = time.monotonic()
         try:
             container = av.open(source, "r", format=self.settings.input_format, options=options)
         except (av.error.FFmpegError, EOFError) as exc:
             raise MediaError(f"cannot open published stream: {exc}") from exc
+        self._probed = time.monotonic() - max(started, source.first_arrival)
         try:
             self._segment(container, source)
         except av.error.FFmpegError as exc:
@@ -137,7 +143,8 @@ class Segmenter:
             raise MediaError("published stream has neither H.264 video nor AAC audio")
         video = videos[0] if videos else None
         streams = ([video] if video else []) + audios[:1]
-        self._on_info(_media_info(video, audios[0] if audios else None))
+        info = _media_info(video, audios[0] if audios else None)
+        self._on_info(dataclasses.replace(info, probe_seconds=round(self._probed, 4)))
         clock = video if video is not None else streams[0]
         tb = Fraction(clock.time_base)
         target = int(self.settings.target_duration * Fraction(0.95) / tb)

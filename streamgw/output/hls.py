@@ -193,7 +193,7 @@ class HlsOutput:
             pls.anchor_wall = self._clock() - seg.duration_seconds
             pls.anchor_seconds = seg.start_seconds
         pdt = dt.datetime.fromtimestamp(
-            pls.anchor_wall + seg.start_seconds - pls.anchor_seconds, tz=dt.timezone.utc
+            pls.anchor_wall + seg.start_seconds - pls.anchor_seconds, tz=dt.UTC
         )
         rp = pls.renditions.get(seg.rendition)
         if rp is None:
@@ -205,7 +205,7 @@ class HlsOutput:
             self._record_tasks.add(task)
             task.add_done_callback(self._recorded)
 
-    def _recorded(self, task: "asyncio.Task[None]") -> None:
+    def _recorded(self, task: asyncio.Task[None]) -> None:
         self._record_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("recording failed: %s", task.exception())

@@ -46,9 +46,9 @@ _U32 = struct.Struct(">I")
 class Undefined:
     """The AMF0 ``undefined`` marker (distinct from ``null``, which is ``None``)."""
 
-    _instance: "Undefined | None" = None
+    _instance: Undefined | None = None
 
-    def __new__(cls) -> "Undefined":
+    def __new__(cls) -> Undefined:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -64,7 +64,7 @@ UNDEFINED_VALUE = Undefined()
 class EcmaArray:
     """An AMF0 ECMA array: an associative array encoded with a count hint."""
 
-    items: dict[str, "Value"]
+    items: dict[str, Value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ Value = Union[
 
 
 class _Reader:
-    __slots__ = ("data", "pos", "objects", "sizes", "extra")
+    __slots__ = ("data", "extra", "objects", "pos", "sizes")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data)
@@ -164,7 +164,7 @@ class _Reader:
             self.extra += self.sizes[index]
             if self.extra > MAX_REFERENCE_BYTES:
                 raise AmfError(f"AMF0 references expand to more than {MAX_REFERENCE_BYTES} bytes")
-            return self.objects[index]
+            return self.objects[index]  # type: ignore[no-any-return]
         if marker == ECMA_ARRAY:
             self.take(4)  # count hint; the terminator is authoritative
             arr = EcmaArray({})

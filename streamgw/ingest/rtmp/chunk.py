@@ -49,7 +49,7 @@ class Message:
 
 
 class _ChunkStreamState:
-    __slots__ = ("timestamp", "delta", "length", "type_id", "stream_id", "extended", "buf", "started")
+    __slots__ = ("buf", "delta", "extended", "length", "started", "stream_id", "timestamp", "type_id")
 
     def __init__(self) -> None:
         self.timestamp = 0
@@ -151,9 +151,7 @@ class ChunkReader:
         new_message = state.buf is None
         if fmt < 3 and not new_message:
             raise ChunkError(f"type-{fmt} header on chunk stream {csid} interrupts a message")
-        if fmt == 0:
-            length = (buf[h + 3] << 16) | (buf[h + 4] << 8) | buf[h + 5]
-        elif fmt == 1:
+        if fmt == 0 or fmt == 1:
             length = (buf[h + 3] << 16) | (buf[h + 4] << 8) | buf[h + 5]
         else:
             length = state.length
