@@ -261,3 +261,27 @@ def test_cli_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "shutting down" in err
+
+
+def test_obs_encoder_settings_with_b_frames(gateway_factory: Callable[..., RunningGateway]) -> None:
+    """OBS's defaults: x264 high profile with B-frames, CBR, 2 s keyframes, 48 kHz stereo AAC."""
+    gw = gateway_factory(playlist_window=10)
+    obs = ["-profile:v", "high", "-bf", "2", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
+           "-x264-params", "nal-hrd=cbr", "-ac", "2", "-ar", "48000"]
+    # Replace the zero-latency preset with OBS's "veryfast" (lookahead and B-frames on).
+    args_extra = ["-preset", "veryfast", "-tune", "film", *obs]
+    proc = publish(gw.rtmp_url("obs"), seconds=6, realtime=False, size="1280x720", extra=args_extra)
+    assert proc.returncode == 0, proc.stderr
+    gw.wait_for(lambda: gw.get("/api/streams/obs").json()["state"] == "ended")
+    info = gw.get("/api/streams/obs").json()
+    assert info["codecs"].startswith("avc1.64"), "high profile advertised in CODECS"
+    segs = _segments(gw, "obs")
+    assert abs(sum(s[1] for s in segs) - 6.0) <= 0.1
+    prev_end = None
+    for _, dur, data, _ in segs:
+        p = probe_segment(data)
+        assert p.first_frame_key and p.audio_frames > 0 and (p.width, p.height) == (1280, 720)
+        assert abs(p.video_frames - round(dur * 30)) <= 1, "every frame of the segment decodes on its own"
+        if prev_end is not None:
+            assert abs(p.video_start - prev_end) < FRAME / 2
+        prev_end = p.video_end
