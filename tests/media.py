@@ -90,5 +90,5 @@ def parse_playlist(text: str) -> Playlist:
 
 
 def seq_of(uri: str) -> int:
-    """The sequence number in a segment URI 'SESSION-SEQ.ts'."""
+    """The sequence number in a segment URI 'RENDITION/SESSION-SEQ.ts'."""
     return int(uri.rsplit("-", 1)[1].split(".")[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningGateway, finish, publish, start_publish
+from tests.conftest import FFPROBE, RunningGateway, finish, publish, start_publish
 from tests.media import parse_playlist, probe_segment, seq_of
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def _segments(gw: RunningGateway, name: str) -> list[tuple[int, float, bytes, bo
     pl = parse_playlist(gw.get(f"/stream/{name}/source.m3u8").text)
     out = []
     for dur, uri, disc, _ in pl.entries:
-        r = gw.get(f"/stream/{name}/source/{uri}")
+        r = gw.get(f"/stream/{name}/{uri}")  # relative to the media playlist
         assert r.status_code == 200, uri
         out.append((seq_of(uri), dur, r.content, disc))
     return out
@@ -71,7 +71,18 @@ def test_publish_and_watch(gateway_factory: Callable[..., RunningGateway]) -> No
     assert info["publisher"].startswith("127.0.0.1:")
 
     master = gw.get("/stream/cam1.m3u8").text
-    assert "RESOLUTION=640x360" in master and "source.m3u8" in master and 'CODECS="avc1.' in master
+    assert "RESOLUTION=640x360" in master and "\ncam1/source.m3u8" in master and 'CODECS="avc1.' in master
+
+    # A real player follows the master's relative links to every frame of both tracks.
+    out = subprocess.run(
+        [FFPROBE, "-v", "error", "-count_packets", "-show_entries", "stream=codec_type,nb_read_packets",
+         "-of", "csv=p=0", f"{gw.http}/stream/cam1.m3u8"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    counts = dict(line.split(",") for line in out.stdout.split())
+    assert int(counts["video"]) == 7 * 30
+    assert abs(int(counts["audio"]) - 7 * 48000 / 1024) <= 3
 
 
 def test_http_headers_and_errors(gateway: RunningGateway) -> None:
@@ -88,7 +99,7 @@ def test_http_headers_and_errors(gateway: RunningGateway) -> None:
         assert media.headers["content-type"] == "application/vnd.apple.mpegurl"
         assert not parse_playlist(media.text).ended
         uri = parse_playlist(media.text).entries[0][1]
-        seg = gw.get(f"/stream/hdr/source/{uri}", headers=origin)
+        seg = gw.get(f"/stream/hdr/{uri}", headers=origin)
         assert seg.headers["content-type"] == "video/mp2t"
         assert "max-age=86400" in seg.headers["cache-control"]
         assert seg.headers["access-control-allow-origin"] == "*"

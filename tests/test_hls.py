@@ -20,7 +20,7 @@ def seg(seq: int, dur_ms: int = 2000, disc: bool = False, start: int | None = No
 
 
 def test_sliding_window_and_media_sequence() -> None:
-    rp = RenditionPlaylist("abcd", window=3, keep_extra=2)
+    rp = RenditionPlaylist("source", "abcd", window=3, keep_extra=2)
     for i in range(7):
         rp.add(seg(i), T0)
     pl = parse_playlist(rp.render(2.0))
@@ -32,7 +32,7 @@ def test_sliding_window_and_media_sequence() -> None:
 
 
 def test_target_duration_covers_longest_segment() -> None:
-    rp = RenditionPlaylist("a", window=6)
+    rp = RenditionPlaylist("source", "a", window=6)
     rp.add(seg(0, 2000), T0)
     assert parse_playlist(rp.render(2.0)).target_duration == 2
     rp.add(seg(1, 3400), T0)
@@ -40,7 +40,7 @@ def test_target_duration_covers_longest_segment() -> None:
 
 
 def test_discontinuity_and_its_sequence() -> None:
-    rp = RenditionPlaylist("a", window=2, keep_extra=0)
+    rp = RenditionPlaylist("source", "a", window=2, keep_extra=0)
     rp.add(seg(0, disc=True), T0)  # the first segment is never marked
     rp.add(seg(1), T0)
     rp.add(seg(2, disc=True, start=0), T0)
@@ -72,13 +72,13 @@ def test_endlist_and_program_date_time() -> None:
 
 
 def test_master_playlist() -> None:
-    text = master_playlist([Variant("source", 3_000_000, "avc1.64001f,mp4a.40.2", 1280, 720, 30.0),
+    text = master_playlist("cam", [Variant("source", 3_000_000, "avc1.64001f,mp4a.40.2", 1280, 720, 30.0),
                             Variant("360p", 800_000, "avc1.4d401e", 640, 360, 30.0)])
     lines = text.splitlines()
     assert lines[0] == "#EXTM3U"
     assert lines[3] == ('#EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720,'
                         'CODECS="avc1.64001f,mp4a.40.2",FRAME-RATE=30.000')
-    assert lines[4] == "source.m3u8" and lines[6] == "360p.m3u8"
+    assert lines[4] == "cam/source.m3u8" and lines[6] == "cam/360p.m3u8"
 
 
 def test_hub_drops_oldest_for_a_slow_subscriber() -> None:

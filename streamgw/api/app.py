@@ -135,7 +135,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path) 
                     info.width if info else None, info.height if info else None,
                     info.fps if info and info.fps and math.isfinite(info.fps) else None,
                 ))
-        return Response(master_playlist(variants), media_type=PLAYLIST_TYPE,
+        return Response(master_playlist(name, variants), media_type=PLAYLIST_TYPE,
                         headers={"Cache-Control": PLAYLIST_CACHE})
 
     @app.get("/stream/{name}/{rendition}.m3u8", tags=["hls"], response_class=Response)

@@ -49,7 +49,8 @@ class Variant:
 class RenditionPlaylist:
     """The last ``window`` segments of one rendition, plus a few that recently slid out."""
 
-    def __init__(self, session: str, window: int, keep_extra: int = 3) -> None:
+    def __init__(self, rendition: str, session: str, window: int, keep_extra: int = 3) -> None:
+        self.rendition = rendition
         self.session = session
         self.window = window
         self.keep_extra = keep_extra
@@ -103,7 +104,8 @@ class RenditionPlaylist:
                 lines.append("#EXT-X-DISCONTINUITY")
             lines.append("#EXT-X-PROGRAM-DATE-TIME:" + e.pdt.isoformat(timespec="milliseconds"))
             lines.append(f"#EXTINF:{e.duration:.3f},")
-            lines.append(self.name(e.seq))
+            # URIs resolve against the playlist's URL, /stream/NAME/RENDITION.m3u8 (RFC 3986 5.2).
+            lines.append(f"{self.rendition}/{self.name(e.seq)}")
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
@@ -197,7 +199,7 @@ class HlsOutput:
         )
         rp = pls.renditions.get(seg.rendition)
         if rp is None:
-            rp = RenditionPlaylist(pls.session, self.window)
+            rp = RenditionPlaylist(seg.rendition, pls.session, self.window)
             pls.renditions[seg.rendition] = rp
         rp.add(seg, pdt)
         if self.recorder is not None:
@@ -239,8 +241,8 @@ class HlsOutput:
             await asyncio.gather(*self._record_tasks, return_exceptions=True)
 
 
-def master_playlist(variants: list[Variant]) -> str:
-    """A master playlist listing ``variants`` (RFC 8216 4.3.4.2), highest bandwidth first."""
+def master_playlist(stream_id: str, variants: list[Variant]) -> str:
+    """The master playlist of ``stream_id`` (served at /stream/STREAM.m3u8), highest bandwidth first."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for v in sorted(variants, key=lambda v: -v.bandwidth):
         attrs = [f"BANDWIDTH={max(1, v.bandwidth)}"]
@@ -251,5 +253,5 @@ def master_playlist(variants: list[Variant]) -> str:
         if v.fps:
             attrs.append(f"FRAME-RATE={v.fps:.3f}")
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
-        lines.append(f"{v.rendition}.m3u8")
+        lines.append(f"{stream_id}/{v.rendition}.m3u8")
     return "\n".join(lines) + "\n"

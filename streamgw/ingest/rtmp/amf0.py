@@ -35,7 +35,8 @@ MAX_DEPTH = 16
 MAX_ELEMENTS = 4096
 # Bytes that references may add to a decoded value if it were written out again with the
 # referenced objects inlined (as :func:`encode` does): without this, a few hundred bytes of
-# nested references decode to a value whose encoding never ends.
+# nested references decode to a value whose encoding never ends. MAX_DEPTH, too, holds for the
+# value with its references inlined.
 MAX_REFERENCE_BYTES = 65536
 
 _DOUBLE = struct.Struct(">d")
@@ -81,22 +82,32 @@ Value = Union[
 
 
 class _Reader:
-    __slots__ = ("data", "extra", "objects", "pos", "sizes")
+    __slots__ = ("data", "extra", "heights", "objects", "pos", "reached", "sizes")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
         self.objects: list[Value] = []
-        self.sizes: list[int] = []  # inlined size of each complete object; -1 while decoding it
+        # Of each complex value, once complete: its size in bytes and the levels nested in it,
+        # with references inlined. A size of -1 marks a value still being decoded.
+        self.sizes: list[int] = []
+        self.heights: list[int] = []
         self.extra = 0  # bytes the references decoded so far would add when inlined
+        self.reached = 0  # deepest level reached (references inlined) in the innermost open value
 
-    def register(self, obj: Value) -> int:
+    def register(self, obj: Value, depth: int) -> tuple[int, int]:
+        """Number a complex value whose members follow; returns what :meth:`complete` needs."""
         self.objects.append(obj)
         self.sizes.append(-1)
-        return len(self.objects) - 1
+        self.heights.append(0)
+        outer, self.reached = self.reached, depth
+        return len(self.objects) - 1, outer
 
-    def complete(self, slot: int, start_pos: int, start_extra: int) -> None:
+    def complete(self, mark: tuple[int, int], depth: int, start_pos: int, start_extra: int) -> None:
+        slot, outer = mark
         self.sizes[slot] = (self.pos - start_pos) + (self.extra - start_extra)
+        self.heights[slot] = self.reached - depth
+        self.reached = max(outer, self.reached)
 
     def take(self, n: int) -> memoryview:
         end = self.pos + n
@@ -137,6 +148,7 @@ class _Reader:
     def value(self, depth: int = 0) -> Value:
         if depth > MAX_DEPTH:
             raise AmfError(f"AMF0 nesting deeper than {MAX_DEPTH}")
+        self.reached = max(self.reached, depth)
         start_pos, start_extra = self.pos, self.extra
         marker = self.u8()
         if marker == NUMBER:
@@ -147,9 +159,9 @@ class _Reader:
             return self.short_string()
         if marker == OBJECT:
             obj: dict[str, Value] = {}
-            slot = self.register(obj)
+            mark = self.register(obj, depth)
             obj.update(self.properties(depth))
-            self.complete(slot, start_pos, start_extra)
+            self.complete(mark, depth, start_pos, start_extra)
             return obj
         if marker == NULL:
             return None
@@ -164,23 +176,26 @@ class _Reader:
             self.extra += self.sizes[index]
             if self.extra > MAX_REFERENCE_BYTES:
                 raise AmfError(f"AMF0 references expand to more than {MAX_REFERENCE_BYTES} bytes")
+            if depth + self.heights[index] > MAX_DEPTH:
+                raise AmfError(f"AMF0 reference {index} nests deeper than {MAX_DEPTH}")
+            self.reached = max(self.reached, depth + self.heights[index])
             return self.objects[index]  # type: ignore[no-any-return]
         if marker == ECMA_ARRAY:
             self.take(4)  # count hint; the terminator is authoritative
             arr = EcmaArray({})
-            slot = self.register(arr)
+            mark = self.register(arr, depth)
             arr.items.update(self.properties(depth))
-            self.complete(slot, start_pos, start_extra)
+            self.complete(mark, depth, start_pos, start_extra)
             return arr
         if marker == STRICT_ARRAY:
             (count,) = _U32.unpack(self.take(4))
             if count > MAX_ELEMENTS:
                 raise AmfError(f"AMF0 strict array of {count} elements exceeds {MAX_ELEMENTS}")
             items: list[Value] = []
-            slot = self.register(items)
+            mark = self.register(items, depth)
             for _ in range(count):
                 items.append(self.value(depth + 1))
-            self.complete(slot, start_pos, start_extra)
+            self.complete(mark, depth, start_pos, start_extra)
             return items
         if marker == DATE:
             millis = _DOUBLE.unpack(self.take(8))[0]
@@ -194,9 +209,9 @@ class _Reader:
         if marker == TYPED_OBJECT:
             self.short_string()  # class name, not needed
             typed: dict[str, Value] = {}
-            slot = self.register(typed)
+            mark = self.register(typed, depth)
             typed.update(self.properties(depth))
-            self.complete(slot, start_pos, start_extra)
+            self.complete(mark, depth, start_pos, start_extra)
             return typed
         if marker == AVMPLUS:
             raise AmfError("AMF3 values are not supported inside AMF0")

@@ -1,0 +1,138 @@
+"""The web page: served by the gateway, lists streams, and plays one with the vendored hls.js in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningGateway, start_publish
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--window-size=1280,900",
+]
+
+
+def test_index_serves_vendored_hls_js(gateway: RunningGateway) -> None:
+    r = gateway.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert '<script src="/web/vendor/hls.min.js"></script>' in html
+    assert '<video id="video"' in html
+    for src in re.findall(r'(?:src|href)="([^"]+)"', html):
+        if src.startswith("/web/"):
+            assert gateway.get(src).status_code == 200, src
+
+    js = gateway.get("/web/vendor/hls.min.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert js.content == (WEB / "vendor" / "hls.min.js").read_bytes()
+
+    # Nothing is fetched from elsewhere at run time: no absolute http(s) URLs in our own files.
+    own = [p for p in WEB.rglob("*") if p.suffix in (".html", ".js", ".css") and p.parent.name != "vendor"]
+    assert {p.name for p in own} >= {"index.html", "app.js"}
+    for p in own:
+        assert not re.search(r"https?://", p.read_text()), f"{p} refers to a remote URL"
+    vendored = sum(p.stat().st_size for p in (WEB / "vendor").rglob("*") if p.is_file())
+    assert vendored < 1024 * 1024, f"web/vendor is {vendored} bytes"
+    assert (WEB / "vendor" / "hls.js.LICENSE").is_file()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by selenium over Debian's chromedriver."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMEDRIVER.exists(), f"{CHROMEDRIVER} is missing (apt-get install chromium-driver)"
+    with tempfile.TemporaryDirectory(prefix="streamgw-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        try:
+            driver.set_page_load_timeout(30)
+            driver.set_script_timeout(10)
+            yield driver
+        finally:
+            driver.quit()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
+
+
+@pytest.mark.slow
+def test_page_lists_and_plays_stream(gateway: RunningGateway, browser: Any) -> None:
+    gw = gateway
+    proc = start_publish(gw.rtmp_url("web1"), seconds=20)
+    try:
+        def segments() -> int:
+            streams = {s["name"]: s for s in gw.get("/api/streams").json()}
+            return int(streams["web1"]["segments"]) if "web1" in streams else 0
+
+        _wait(lambda: segments() >= 2 or proc.poll() is not None, 20,
+              lambda: f"web1 has {segments()} segments")
+        assert proc.poll() is None, f"ffmpeg exited early: {proc.stderr.read() if proc.stderr else ''}"
+        assert segments() >= 2
+
+        browser.get(gw.http + "/?stream=web1")
+
+        def state() -> dict[str, Any]:
+            return dict(browser.execute_script(
+                "const p = window.streamgwPlayer || {};"
+                "const v = document.getElementById('video');"
+                "return Object.assign({}, p, {videoTime: v ? v.currentTime : null,"
+                " readyState: v ? v.readyState : null, paused: v ? v.paused : null,"
+                " hls: typeof Hls !== 'undefined' ? Hls.version : null,"
+                " mse: !!(window.MediaSource && MediaSource.isTypeSupported("
+                "'video/mp4; codecs=\"avc1.42E01E,mp4a.40.2\"'))});"
+            ))
+
+        def describe() -> str:
+            logs = [entry.get("message", "") for entry in browser.get_log("browser")][-20:]
+            return json.dumps(state(), indent=1) + "\nbrowser console:\n" + "\n".join(logs)
+
+        # The page polled the API and listed the stream, with its details.
+        _wait(lambda: "web1" in state().get("streams", []), 15, describe)
+        items = browser.find_elements("css selector", '#streams li[data-stream="web1"]')
+        assert len(items) == 1 and "web1" in items[0].text
+        assert "640×360" in browser.find_element("css selector", '#info [data-field="resolution"]').text
+        assert browser.find_element("css selector", "#player-title").text == "web1"
+
+        # hls.js loaded the vendored build, fetched fragments and the video actually advanced.
+        _wait(lambda: state().get("startTime") is not None, 20, describe)
+        start = state()
+        assert start["hls"], "hls.js did not load"
+        _wait(lambda: state()["videoTime"] >= start["startTime"] + 2.5 and state()["fragsLoaded"] >= 2,
+              20, describe)
+        final = state()
+        assert final["framesDecoded"] > 30, describe()
+        assert final["state"] in ("playing", "buffering"), describe()
+        fatal = [e for e in final["errors"] if e["fatal"]]
+        assert not fatal, describe()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
