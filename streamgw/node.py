@@ -86,7 +86,10 @@ class GatewayNode:
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections; with proto 0 it
+        # leaves Nagle on and a keep-alive response body waits ~40 ms for the client's delayed ACK.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(512)
