@@ -3,17 +3,25 @@
     StreamgwError
     ├── ConfigError            invalid settings, unknown keys
     ├── ProtocolError          a peer broke a wire protocol
-    │   └── RtmpError
-    │       ├── HandshakeError
-    │       ├── ChunkError     malformed or oversized chunk stream
-    │       └── AmfError       malformed AMF0 value
+    │   ├── RtmpError
+    │   │   ├── HandshakeError
+    │   │   ├── ChunkError     malformed or oversized chunk stream
+    │   │   └── AmfError       malformed AMF0 value
+    │   └── LivepeerError      a go-livepeer peer or value broke the Livepeer wire protocol
+    │       ├── SignatureError         malformed signature, or signed by someone else
+    │       ├── ProfileError           invalid VideoProfile or transcoding options
+    │       ├── CapabilityMismatch     a job's capabilities do not fit an orchestrator's
+    │       ├── SegDataError           Livepeer-Segment credentials cannot be built or are rejected
+    │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
+    │       └── PaymentError           malformed ticket parameters or payment
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
     │   └── CapacityError      too many streams
     └── MediaError             media that cannot be segmented
         ├── KeyframeTimeout    no keyframe for too long
-        └── SegmentTooLarge    a segment outgrew its byte bound
+        ├── SegmentTooLarge    a segment outgrew its byte bound
+        └── TranscodeError     a segment or rendition spec that cannot be transcoded
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
 """
@@ -75,3 +83,35 @@ class KeyframeTimeout(MediaError):
 
 class SegmentTooLarge(MediaError):
     """A segment grew past its byte bound."""
+
+
+class LivepeerError(ProtocolError):
+    """A go-livepeer peer, or a value meant for one, broke the Livepeer wire protocol."""
+
+
+class SignatureError(LivepeerError):
+    """A signature is malformed or was not made by the expected address; the text is go-livepeer's."""
+
+
+class ProfileError(LivepeerError):
+    """A VideoProfile or a transcoding-options document is invalid."""
+
+
+class CapabilityMismatch(LivepeerError):
+    """A job's capabilities are not compatible with an orchestrator's."""
+
+
+class SegDataError(LivepeerError):
+    """Livepeer-Segment credentials cannot be built, or an orchestrator rejects them (the text is its 403 body)."""
+
+
+class TranscodeResultError(LivepeerError):
+    """A TranscodeResult is malformed or reports a transcoding failure (the text is the orchestrator's)."""
+
+
+class PaymentError(LivepeerError):
+    """Ticket parameters or a payment are malformed or out of range."""
+
+
+class TranscodeError(MediaError):
+    """A segment cannot be transcoded (bad input, bad rendition spec, encoder failure)."""

@@ -1,0 +1,425 @@
+"""Segment credentials and results: SegData (``Livepeer-Segment``), TranscodeResult, OrchestratorRequest.
+
+WIRE.md sections 2, 4 and 6. Sources (facts, not code): go-livepeer ``core/streamdata.go`` (``Flatten``),
+``core/NetSegData``, ``server/rpc.go:coreSegMetadata`` and ``verifyOrchestratorReq``,
+``server/segment_rpc.go:verifySegCreds``, ``core/orchestrator.go`` (auth tokens, result signatures).
+Build functions are what a gateway (B) sends; parse/verify functions are what an orchestrator (O) checks,
+raising errors whose text is the O's response body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+from google.protobuf.message import DecodeError
+
+from streamgw.errors import (
+    CapabilityMismatch,
+    ProfileError,
+    SegDataError,
+    SignatureError,
+    TranscodeResultError,
+)
+from streamgw.livepeer import lp_rpc_pb2 as pb
+from streamgw.livepeer.capabilities import Capabilities, check_compatible
+from streamgw.livepeer.profiles import EncoderProfile, VideoFormat, VideoProfile
+from streamgw.livepeer.signing import MessageSigner, bytes_to_address, checksum_address, keccak256, verify_message
+from streamgw.livepeer.tickets import int_to_bytes
+
+__all__ = [
+    "AUTH_TOKEN_VALIDITY_S",
+    "AuthToken",
+    "DEFAULT_DURATION_MS",
+    "EMPTY_SEGMENT_HASH",
+    "INVALID_PROFILES",
+    "MAX_DURATION_MS",
+    "MIN_RENDITION_BYTES",
+    "PAYMENT_HEADER",
+    "ProfilesField",
+    "Rendition",
+    "SEGMENT_HEADER",
+    "SegMetadata",
+    "SegmentParameters",
+    "build_segdata",
+    "decode_segdata_header",
+    "duration_ms",
+    "encode_segdata_header",
+    "flatten",
+    "make_auth_token",
+    "orchestrator_request",
+    "parse_segdata",
+    "parse_transcode_result",
+    "ping_response",
+    "profiles_field",
+    "profiles_hex",
+    "rendition_hashes",
+    "result_renditions",
+    "result_signer_address",
+    "sign_renditions",
+    "transcode_result",
+    "verify_orchestrator_request",
+    "verify_renditions",
+    "verify_segment_credentials",
+]
+
+SEGMENT_HEADER = "Livepeer-Segment"
+PAYMENT_HEADER = "Livepeer-Payment"
+
+MAX_DURATION_MS = 5 * 60 * 1000
+"""The longest segment an O accepts (``common.MaxDuration``)."""
+
+DEFAULT_DURATION_MS = 2000
+"""What the O assumes when ``SegData.duration`` is 0."""
+
+AUTH_TOKEN_VALIDITY_S = 30 * 60
+"""How long an O's auth token is valid after it issues it (``server/rpc.go``)."""
+
+INVALID_PROFILES = b"invalid"
+"""What a current B puts in the legacy ``SegData.profiles`` field so that pre-fullProfiles Os fail."""
+
+EMPTY_SEGMENT_HASH = keccak256(b"")
+"""``keccak256("")``: the segment hash of AI requests, which carry no segment."""
+
+MIN_RENDITION_BYTES = 25
+"""An O refuses to sign a rendition shorter than this (its ``ZeroSegments`` error)."""
+
+ProfilesField = Literal["fullProfiles", "fullProfiles2", "fullProfiles3"]
+
+
+def _hash32(raw: bytes) -> bytes:
+    # Go common.BytesToHash: left-pad, or keep the last 32 bytes.
+    return raw[-32:].rjust(32, b"\x00")
+
+
+def profiles_hex(profiles: Sequence[VideoProfile]) -> bytes:
+    """ASCII lowercase hex of ``keccak256(name)[:4]`` per profile, in order (``common.ProfilesToHex``)."""
+    return b"".join(keccak256(p.name.encode("utf-8"))[:4].hex().encode("ascii") for p in profiles)
+
+
+def flatten(manifest_id: bytes | str, seq: int, seg_hash: bytes, profiles: Sequence[VideoProfile]) -> bytes:
+    """The bytes B signs for a segment (``SegTranscodingMetadata.Flatten``).
+
+    ``manifest_id`` raw, then ``|seq|`` as 32 big-endian bytes, the 32-byte segment hash (padded or cut
+    like Go's ``BytesToHash``), then ``profiles_hex(profiles)``.
+    """
+    mid = manifest_id.encode("utf-8") if isinstance(manifest_id, str) else manifest_id
+    return mid + int_to_bytes(seq).rjust(32, b"\x00") + _hash32(seg_hash) + profiles_hex(profiles)
+
+
+def profiles_field(profiles: Sequence[VideoProfile]) -> ProfilesField | None:
+    """Which SegData field Go B puts ``profiles`` in (``NetSegData``); ``None`` when there are none.
+
+    ``fullProfiles`` (33) when every profile is MPEG-TS with ``fps_den == 0``, the default encoder profile
+    and ``gop == 0``; ``fullProfiles2`` (34) when only the format differs; ``fullProfiles3`` (35) otherwise.
+    """
+    if not profiles:
+        return None
+    plain = all(p.fps_den == 0 and p.profile is EncoderProfile.ENCODER_DEFAULT and p.gop == 0 for p in profiles)
+    if not plain:
+        return "fullProfiles3"
+    if all(p.format is VideoFormat.MPEGTS for p in profiles):
+        return "fullProfiles"
+    return "fullProfiles2"
+
+
+def duration_ms(duration: int, time_base: Fraction) -> int:
+    """A segment duration in whole milliseconds, truncated like Go's ``Duration / time.Millisecond``."""
+    return int(duration * time_base * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthToken:
+    """An O's session token (opaque to B); ``expiration`` is Unix seconds."""
+
+    token: bytes
+    session_id: str
+    expiration: int
+
+    def to_proto(self) -> pb.AuthToken:
+        """The wire message."""
+        return pb.AuthToken(token=self.token, session_id=self.session_id, expiration=self.expiration)
+
+    @classmethod
+    def from_proto(cls, msg: pb.AuthToken) -> AuthToken:
+        """Decode the wire message."""
+        return cls(token=msg.token, session_id=msg.session_id, expiration=msg.expiration)
+
+
+def make_auth_token(secret: bytes, session_id: str, expiration: int) -> AuthToken:
+    """The token an O issues (O-internal): HMAC-SHA256(secret, session_id || minimal big-endian expiration)."""
+    msg = session_id.encode("utf-8") + int_to_bytes(expiration)
+    return AuthToken(hmac.new(secret, msg, hashlib.sha256).digest(), session_id, expiration)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentParameters:
+    """A clip of the segment, in milliseconds from its start."""
+
+    from_ms: int
+    to_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegMetadata:
+    """What a SegData says about one segment (Go's ``SegTranscodingMetadata``).
+
+    ``seg_hash`` is ``keccak256`` of the segment bytes; ``duration_ms`` is whole ms. Parsed on the O,
+    ``duration_ms`` 0 has already become ``DEFAULT_DURATION_MS``.
+    """
+
+    manifest_id: bytes
+    seq: int
+    seg_hash: bytes
+    profiles: tuple[VideoProfile, ...] = ()
+    duration_ms: int = 0
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    auth_token: AuthToken | None = None
+    segment_parameters: SegmentParameters | None = None
+    force_session_reinit: bool = False
+    calc_perceptual_hash: bool = False
+
+    def flatten(self) -> bytes:
+        """The signed bytes (``flatten``)."""
+        return flatten(self.manifest_id, self.seq, self.seg_hash, self.profiles)
+
+
+def build_segdata(meta: SegMetadata, signer: MessageSigner) -> pb.SegData:
+    """The SegData Go B sends (``NetSegData`` + ``genSegCreds``), signed by ``signer``.
+
+    Raises ``SegDataError`` for an unnamed profile (the O would hash ``net_...`` instead of what B signed)
+    or a duration outside [0, 5 min].
+    """
+    if any(not p.name for p in meta.profiles):
+        raise SegDataError("every profile needs a non-empty name: the O hashes the name it receives")
+    if not 0 <= meta.duration_ms <= MAX_DURATION_MS:
+        raise SegDataError(f"segment duration {meta.duration_ms} ms is outside [0, {MAX_DURATION_MS}]")
+    msg = pb.SegData(
+        manifestId=meta.manifest_id,
+        seq=meta.seq,
+        hash=_hash32(meta.seg_hash),
+        profiles=INVALID_PROFILES,
+        sig=signer.sign(meta.flatten()),
+        duration=meta.duration_ms,
+        calc_perceptual_hash=meta.calc_perceptual_hash,
+        ForceSessionReinit=meta.force_session_reinit,
+    )
+    msg.capabilities.CopyFrom(meta.capabilities.to_proto())
+    if meta.auth_token is not None:
+        msg.auth_token.CopyFrom(meta.auth_token.to_proto())
+    target = profiles_field(meta.profiles)
+    if target is not None:
+        getattr(msg, target).extend(p.to_proto() for p in meta.profiles)
+    if meta.segment_parameters is not None:
+        setattr(msg.segment_parameters, "from", meta.segment_parameters.from_ms)  # `from` is a keyword
+        msg.segment_parameters.to = meta.segment_parameters.to_ms
+    return msg
+
+
+def encode_segdata_header(msg: pb.SegData) -> str:
+    """The ``Livepeer-Segment`` header value: standard base64 with padding."""
+    return base64.b64encode(msg.SerializeToString()).decode("ascii")
+
+
+def decode_segdata_header(value: str) -> pb.SegData:
+    """Decode ``Livepeer-Segment`` strictly; raises ``SegDataError`` (``ErrorSegEncoding`` for bad base64)."""
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise SegDataError("ErrorSegEncoding") from exc
+    msg = pb.SegData()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        # Go's proto error text differs from Python's; only the status (403) is comparable.
+        raise SegDataError(f"proto: cannot parse invalid wire-format data: {exc}") from exc
+    return msg
+
+
+def parse_segdata(msg: pb.SegData) -> SegMetadata:
+    """What the O reads from a SegData (``coreSegMetadata``); raises ``SegDataError`` with its 403 texts.
+
+    Profiles come from the first non-empty of fullProfiles3, fullProfiles2, fullProfiles (an unnamed one
+    becomes ``net_WxH_bitrate``); the legacy ``profiles`` bytes are ignored. Duration 0 means 2 s; below 0
+    or above 5 min is ``invalid duration``. Absent capabilities read as the empty set.
+    """
+    source = msg.fullProfiles3 or msg.fullProfiles2 or msg.fullProfiles
+    try:
+        profiles = tuple(VideoProfile.from_proto(p) for p in source)
+    except ProfileError as exc:
+        raise SegDataError(str(exc)) from exc
+    if msg.duration < 0 or msg.duration > MAX_DURATION_MS:
+        raise SegDataError("invalid duration")
+    caps = Capabilities.from_proto(msg.capabilities) if msg.HasField("capabilities") else Capabilities()
+    clip = None
+    if msg.HasField("segment_parameters"):
+        clip = SegmentParameters(getattr(msg.segment_parameters, "from"), msg.segment_parameters.to)
+    return SegMetadata(
+        manifest_id=msg.manifestId,
+        seq=msg.seq,
+        seg_hash=_hash32(msg.hash),
+        profiles=profiles,
+        duration_ms=msg.duration or DEFAULT_DURATION_MS,
+        capabilities=caps,
+        auth_token=AuthToken.from_proto(msg.auth_token) if msg.HasField("auth_token") else None,
+        segment_parameters=clip,
+        force_session_reinit=msg.ForceSessionReinit,
+        calc_perceptual_hash=msg.calc_perceptual_hash,
+    )
+
+
+def verify_segment_credentials(
+    header: str,
+    *,
+    verifier: MessageSigner,
+    sender: bytes,
+    orchestrator_caps: Capabilities,
+    auth_secret: bytes,
+    now: float,
+) -> SegMetadata:
+    """The O's ``verifySegCreds`` for a ``Livepeer-Segment`` header; raises ``SegDataError`` (a 403 body).
+
+    In the O's order: base64 (``ErrorSegEncoding``), protobuf, ``parse_segdata``, B's signature over
+    ``flatten`` by ``sender`` (``ErrSegSig``; the Payment's sender, or the zero address without one),
+    capabilities (``incompatible capabilities``), then the auth token (``missing auth token``,
+    ``invalid auth token``, ``expired auth token``). ``now`` is Unix seconds. Capacity is the caller's.
+    """
+    msg = decode_segdata_header(header)
+    meta = parse_segdata(msg)
+    try:
+        verifier.verify(bytes_to_address(sender), meta.flatten(), msg.sig)
+    except SignatureError as exc:
+        raise SegDataError("ErrSegSig") from exc
+    try:
+        check_compatible(meta.capabilities, orchestrator_caps)
+    except CapabilityMismatch as exc:
+        raise SegDataError("incompatible capabilities") from exc
+    token = meta.auth_token
+    if token is None:
+        raise SegDataError("missing auth token")
+    expected = make_auth_token(auth_secret, token.session_id, token.expiration)
+    if not hmac.compare_digest(expected.token, token.token):
+        raise SegDataError("invalid auth token")
+    if now > token.expiration:
+        raise SegDataError("expired auth token")
+    return meta
+
+
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """Where one transcoded rendition can be fetched, and its output pixel count."""
+
+    url: str
+    pixels: int
+    perceptual_hash_url: str = ""
+
+
+def rendition_hashes(renditions: Sequence[bytes]) -> bytes:
+    """``keccak256(r1) || keccak256(r2) || ...`` in profile order: what a result signature signs."""
+    return b"".join(keccak256(r) for r in renditions)
+
+
+def sign_renditions(signer: MessageSigner, renditions: Sequence[bytes]) -> bytes:
+    """The O's result signature, ``Sign(rendition_hashes(renditions))``.
+
+    Raises ``TranscodeResultError("ZeroSegments")`` when a rendition is shorter than 25 bytes.
+    """
+    if any(len(r) < MIN_RENDITION_BYTES for r in renditions):
+        raise TranscodeResultError("ZeroSegments")
+    return signer.sign(rendition_hashes(renditions))
+
+
+def verify_renditions(address: bytes, renditions: Sequence[bytes], sig: bytes) -> None:
+    """Check that ``address`` signed the fetched ``renditions``; raises ``SignatureError``."""
+    verify_message(address, rendition_hashes(renditions), sig)
+
+
+def result_signer_address(info: pb.OrchestratorInfo) -> bytes:
+    """Whose signature a result must carry: ``info.address``, else the ticket recipient (``verification``)."""
+    if info.address:
+        return bytes_to_address(info.address)
+    return bytes_to_address(info.ticket_params.recipient)
+
+
+def transcode_result(
+    seq: int,
+    *,
+    renditions: Sequence[Rendition] = (),
+    sig: bytes = b"",
+    error: str | None = None,
+    info: pb.OrchestratorInfo | None = None,
+) -> pb.TranscodeResult:
+    """A ``TranscodeResult``: ``error`` when given, else ``data`` with ``renditions`` and ``sig``."""
+    msg = pb.TranscodeResult(seq=seq)
+    if error is not None:
+        msg.error = error
+    else:
+        msg.data.SetInParent()
+        for r in renditions:
+            msg.data.segments.add(url=r.url, pixels=r.pixels, perceptual_hash_url=r.perceptual_hash_url)
+        msg.data.sig = sig
+    if info is not None:
+        msg.info.CopyFrom(info)
+    return msg
+
+
+def parse_transcode_result(body: bytes) -> pb.TranscodeResult:
+    """Decode a ``/segment`` 200 body; raises ``TranscodeResultError`` when it is not a TranscodeResult."""
+    msg = pb.TranscodeResult()
+    try:
+        msg.ParseFromString(body)
+    except DecodeError as exc:
+        raise TranscodeResultError(f"malformed TranscodeResult: {exc}") from exc
+    return msg
+
+
+def result_renditions(msg: pb.TranscodeResult) -> tuple[Rendition, ...]:
+    """The renditions of a successful result; raises ``TranscodeResultError`` with the O's error text."""
+    kind = msg.WhichOneof("result")
+    if kind == "error":
+        raise TranscodeResultError(msg.error)
+    if kind != "data":
+        raise TranscodeResultError("TranscodeResult has neither error nor data")
+    return tuple(Rendition(s.url, s.pixels, s.perceptual_hash_url) for s in msg.data.segments)
+
+
+def orchestrator_request(
+    signer: MessageSigner, capabilities: Capabilities | None = None, *, ignore_capacity_check: bool = False
+) -> pb.OrchestratorRequest:
+    """B's ``GetOrchestrator`` request: its address and ``Sign(EIP-55 address ASCII)``.
+
+    Offchain that is 20 zero bytes and an empty signature.
+    """
+    msg = pb.OrchestratorRequest(
+        address=signer.address,
+        sig=signer.sign(signer.checksum_address.encode("ascii")),
+        ignoreCapacityCheck=ignore_capacity_check,
+    )
+    if capabilities is not None:
+        msg.capabilities.CopyFrom(capabilities.to_proto())
+    return msg
+
+
+def verify_orchestrator_request(msg: pb.OrchestratorRequest, verifier: MessageSigner) -> bytes:
+    """The O's check of a ``GetOrchestrator`` request; returns B's 20-byte address.
+
+    Raises ``SignatureError("orchestrator req sig check failed")``; the O answers gRPC UNKNOWN with
+    ``Invalid orchestrator request: `` and that text.
+    """
+    address = bytes_to_address(msg.address)
+    try:
+        verifier.verify(address, checksum_address(address).encode("ascii"), msg.sig)
+    except SignatureError as exc:
+        raise SignatureError("orchestrator req sig check failed") from exc
+    return address
+
+
+def ping_response(signer: MessageSigner, msg: pb.PingPong) -> pb.PingPong:
+    """The O's ``Ping`` answer: ``Sign(value)``."""
+    return pb.PingPong(value=signer.sign(msg.value))

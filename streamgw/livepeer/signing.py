@@ -1,0 +1,214 @@
+"""EIP-191 signatures as go-livepeer makes and checks them (WIRE.md section 4).
+
+``Sign(msg)`` is secp256k1 over ``keccak256("\\x19Ethereum Signed Message:\\n32" || keccak256(msg))``: the
+32-byte keccak of the message is the personal_sign payload. Ticket signatures sign the 32-byte ticket hash
+itself as the payload (``sign_hash``). Signatures are 65 bytes ``r || s || v`` with v 27 or 28 and low s.
+Verification recovers the signer and compares addresses (go-livepeer ``crypto/verify.go``). Signing goes
+through eth-account, which uses libsecp256k1 via coincurve when it is installed; recovery calls coincurve
+directly.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import coincurve
+from eth_account import Account
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+
+from streamgw.errors import SignatureError
+
+__all__ = [
+    "MessageSigner",
+    "OffchainSigner",
+    "Signer",
+    "ZERO_ADDRESS",
+    "bytes_to_address",
+    "checksum_address",
+    "keccak256",
+    "parse_address",
+    "personal_digest",
+    "recover_address",
+    "verify_message",
+    "verify_sig",
+]
+
+ZERO_ADDRESS = bytes(20)
+"""The zero address: an offchain node's address, and the O's fallback sender when a payment has none."""
+
+_PERSONAL_PREFIX = b"\x19Ethereum Signed Message:\n32"
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_SECP256K1_HALF_N = _SECP256K1_N // 2
+
+
+def keccak256(data: bytes) -> bytes:
+    """Ethereum's keccak-256 of ``data``."""
+    return bytes(keccak(data))
+
+
+def personal_digest(payload: bytes) -> bytes:
+    """The digest actually signed: ``keccak256("\\x19Ethereum Signed Message:\\n32" || payload)``.
+
+    go-livepeer always writes the length as 32 (its payloads are 32-byte hashes), so this does too.
+    """
+    return keccak256(_PERSONAL_PREFIX + payload)
+
+
+def bytes_to_address(raw: bytes) -> bytes:
+    """Go's ``common.BytesToAddress``: left-pad with zeros, or keep the last 20 bytes."""
+    return raw[-20:].rjust(20, b"\x00")
+
+
+def parse_address(address: str | bytes) -> bytes:
+    """A 20-byte address from 20 raw bytes or a ``0x`` hex string (any case); raises ``ValueError``."""
+    if isinstance(address, bytes):
+        raw = address
+    else:
+        text = address[2:] if address[:2] in ("0x", "0X") else address
+        raw = bytes.fromhex(text)
+    if len(raw) != 20:
+        raise ValueError(f"an address is 20 bytes, got {len(raw)}")
+    return raw
+
+
+def checksum_address(address: str | bytes) -> str:
+    """The EIP-55 ``0x`` form of an address (Go's ``Address.Hex()``)."""
+    return str(to_checksum_address(parse_address(address)))
+
+
+def recover_address(payload: bytes, sig: bytes) -> bytes:
+    """The 20-byte address that signed ``personal_digest(payload)``; raises ``SignatureError``.
+
+    The checks and their texts follow go-livepeer ``crypto/verify.go:ecrecover``, in its order.
+    """
+    if len(sig) != 65:
+        raise SignatureError("invalid signature length")
+    if int.from_bytes(sig[32:64], "big") > _SECP256K1_HALF_N:
+        raise SignatureError("signature s value too high")
+    v = sig[64]
+    if v not in (27, 28):
+        raise SignatureError("signature v value must be 27 or 28")
+    try:
+        pub = coincurve.PublicKey.from_signature_and_message(
+            sig[:64] + bytes([v - 27]), personal_digest(payload), hasher=None
+        )
+    except Exception as exc:  # coincurve raises bare ValueError/Exception for unrecoverable signatures
+        raise SignatureError("invalid signature") from exc
+    return keccak256(pub.format(compressed=False)[1:])[-20:]
+
+
+def verify_sig(address: str | bytes, payload: bytes, sig: bytes) -> None:
+    """Check that ``address`` signed the 32-byte ``payload`` (a hash); raises ``SignatureError``."""
+    expected = parse_address(address)
+    if recover_address(payload, sig) != expected:
+        raise SignatureError(f"signature is not from {checksum_address(expected)}")
+
+
+def verify_message(address: str | bytes, msg: bytes, sig: bytes) -> None:
+    """Check a ``Sign(msg)`` signature: ``verify_sig`` over ``keccak256(msg)``; raises ``SignatureError``."""
+    verify_sig(address, keccak256(msg), sig)
+
+
+class MessageSigner(Protocol):
+    """A node's Ethereum identity: signs as go-livepeer's ``Eth.Sign`` and verifies as ``VerifySig``."""
+
+    @property
+    def address(self) -> bytes:
+        """The 20-byte address (zero when offchain)."""
+        ...
+
+    @property
+    def checksum_address(self) -> str:
+        """The EIP-55 ``0x`` form of ``address``."""
+        ...
+
+    def sign(self, msg: bytes) -> bytes:
+        """``Sign(msg)``: personal_sign over ``keccak256(msg)``."""
+        ...
+
+    def sign_hash(self, payload: bytes) -> bytes:
+        """personal_sign over the 32-byte ``payload`` itself (ticket signatures)."""
+        ...
+
+    def verify(self, address: str | bytes, msg: bytes, sig: bytes) -> None:
+        """Check ``sig == Sign(msg)`` by ``address``; raises ``SignatureError``."""
+        ...
+
+    def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
+        """Check ``sig == sign_hash(payload)`` by ``address``; raises ``SignatureError``."""
+        ...
+
+
+class Signer:
+    """An on-chain identity holding a secp256k1 key (via eth-account)."""
+
+    __slots__ = ("_account", "_address", "_checksum")
+
+    def __init__(self, private_key: bytes | str) -> None:
+        self._account = Account.from_key(private_key)
+        self._checksum: str = str(self._account.address)
+        self._address = parse_address(self._checksum)
+
+    def __repr__(self) -> str:
+        return f"Signer({self._checksum})"
+
+    @property
+    def address(self) -> bytes:
+        """The 20-byte address."""
+        return self._address
+
+    @property
+    def checksum_address(self) -> str:
+        """The EIP-55 ``0x`` form of ``address``."""
+        return self._checksum
+
+    def sign(self, msg: bytes) -> bytes:
+        """``Sign(msg)``: 65 bytes ``r || s || v`` over ``personal_digest(keccak256(msg))``."""
+        return self.sign_hash(keccak256(msg))
+
+    def sign_hash(self, payload: bytes) -> bytes:
+        """65 bytes ``r || s || v`` over ``personal_digest(payload)`` (deterministic RFC 6979, low s)."""
+        signed = self._account.unsafe_sign_hash(personal_digest(payload))
+        return bytes(signed.signature)
+
+    def verify(self, address: str | bytes, msg: bytes, sig: bytes) -> None:
+        """Check ``sig == Sign(msg)`` by ``address``; raises ``SignatureError``."""
+        verify_message(address, msg, sig)
+
+    def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
+        """Check ``sig == sign_hash(payload)`` by ``address``; raises ``SignatureError``."""
+        verify_sig(address, payload, sig)
+
+
+class OffchainSigner:
+    """An offchain identity (go-livepeer with ``Eth == nil``): empty signatures, every check passes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OffchainSigner()"
+
+    @property
+    def address(self) -> bytes:
+        """The zero address."""
+        return ZERO_ADDRESS
+
+    @property
+    def checksum_address(self) -> str:
+        """``0x`` and 40 zeros."""
+        return "0x" + "0" * 40
+
+    def sign(self, msg: bytes) -> bytes:
+        """Empty bytes."""
+        return b""
+
+    def sign_hash(self, payload: bytes) -> bytes:
+        """Empty bytes."""
+        return b""
+
+    def verify(self, address: str | bytes, msg: bytes, sig: bytes) -> None:
+        """Accept anything."""
+
+    def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
+        """Accept anything."""
