@@ -7,13 +7,15 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from streamgw import __version__
 from streamgw.config import Settings, load_settings
 from streamgw.errors import ConfigError
 from streamgw.log import configure
-from streamgw.node import GatewayNode
+from streamgw.node import GatewayNode, load_profiles
+from streamgw.orchestrator.node import DEFAULT_DATA_DIR, OrchestratorNode, OrchestratorNodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +43,52 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system on this machine (zero config)",
                         description="Run the gateway: RTMP ingest, segmenter, HLS output, API and web page.")
     _add_settings_flags(up)
-    gw = sub.add_parser("gateway", help="run the gateway", description="Run the gateway alone.")
+    gw = sub.add_parser("gateway", help="run the gateway alone (go-livepeer -gateway)",
+                        description="Run the gateway: RTMP in, segments to --orch-addr orchestrators, HLS out.")
     _add_settings_flags(gw)
+    orch = sub.add_parser("orchestrator", help="run a transcoding orchestrator (go-livepeer -orchestrator)",
+                          description="Run an orchestrator: GetOrchestrator over gRPC and /segment over "
+                                      "HTTPS on one TLS port; transcodes with PyAV.")
+    _add_settings_flags(orch)
     return parser
 
 
-async def _serve(settings: Settings) -> None:
-    node = GatewayNode(settings)
+def orchestrator_node(settings: Settings) -> OrchestratorNode:
+    """An orchestrator built from the settings."""
+    return OrchestratorNode(OrchestratorNodeSettings(
+        serve_addr=settings.serve_addr,
+        service_addr=settings.service_addr,
+        data_dir=Path(settings.orch_data_dir) if settings.orch_data_dir else DEFAULT_DATA_DIR,
+        max_sessions=settings.max_sessions,
+        transcode_workers=settings.transcode_workers,
+        delay=settings.orch_delay,
+    ))
+
+
+async def _serve(command: str, settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
-    print(f"streamgw {__version__}: publish to rtmp://{settings.rtmp_addr}/live/STREAM, "
-          f"watch at http://{settings.http_addr}/", flush=True)
+    orchestrator: OrchestratorNode | None = None
+    gateway: GatewayNode | None = None
     try:
+        if command == "orchestrator" or (command == "up" and not settings.orch_addr.strip()):
+            orchestrator = orchestrator_node(settings)
+            await orchestrator.start()
+            print(f"streamgw {__version__}: orchestrator at {orchestrator.url}", flush=True)
+        if command in ("up", "gateway"):
+            gateway = GatewayNode(settings, [orchestrator.url] if orchestrator else None)
+            await gateway.start()
+            print(f"streamgw {__version__}: publish to rtmp://{settings.rtmp_addr}/live/STREAM, "
+                  f"watch at http://{settings.http_addr}/", flush=True)
         await stop.wait()
     finally:
         log.info("shutting down")
-        await node.close()
+        if gateway is not None:
+            await gateway.close()
+        if orchestrator is not None:
+            await orchestrator.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
         settings = load_settings(args.config, overrides)
+        if args.command != "orchestrator" and settings.orch_addr.strip() or args.command == "up":
+            load_profiles(settings.transcoding_options)  # fail at start-up, not at the first segment
     except ConfigError as exc:
         print(f"streamgw: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level)
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(args.command, settings))
     except OSError as exc:
         print(f"streamgw: {exc}", file=sys.stderr)
         return 1

@@ -65,9 +65,34 @@ class Settings(BaseModel):
         64 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024, description="largest segment accepted, bytes"
     )
     web_dir: str = Field("", description="directory of the web pages; empty: the bundled web/")
+    orch_addr: str = Field(
+        "", description="orchestrator URLs, comma-separated (like go-livepeer -orchAddr); "
+        "'up' with none runs an embedded orchestrator",
+    )
+    transcoding_options: str = Field(
+        "P144p30fps16x9,P240p30fps16x9,P360p30fps16x9",
+        description="the ABR ladder: preset names, comma-separated, or a JSON file of go-livepeer profiles",
+    )
+    gateway_key: str = Field(
+        "", description="hex secp256k1 key the gateway signs segments with; empty: a new key per run"
+    )
+    serve_addr: str = Field("127.0.0.1:8935", description="orchestrator: gRPC and HTTPS listen address, HOST:PORT")
+    service_addr: str = Field(
+        "", description="orchestrator: public URL advertised to gateways; empty: https://SERVE_ADDR"
+    )
+    max_sessions: int = Field(10, ge=1, le=10000, description="orchestrator: most gateway sessions at once")
+    transcode_workers: int = Field(
+        2, ge=1, le=256, description="orchestrator: segments transcoded at once (threads)"
+    )
+    orch_data_dir: str = Field(
+        "", description="orchestrator: where its TLS certificate is kept; empty: ~/.streamgw/orchestrator"
+    )
+    orch_delay: float = Field(
+        0.0, ge=0.0, le=60.0, description="orchestrator: seconds of delay added per segment (testing)"
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
 
-    @field_validator("rtmp_addr", "http_addr")
+    @field_validator("rtmp_addr", "http_addr", "serve_addr")
     @classmethod
     def _addr(cls, value: str) -> str:
         split_addr(value)

@@ -14,6 +14,8 @@
     │       ├── SegDataError           Livepeer-Segment credentials cannot be built or are rejected
     │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
     │       └── PaymentError           malformed ticket parameters or payment
+    ├── OrchestratorError      an orchestrator refused or failed a call (HTTP error, result error)
+    │   └── OrchestratorUnavailable  unreachable, timed out, or the connection broke
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
@@ -115,3 +117,11 @@ class PaymentError(LivepeerError):
 
 class TranscodeError(MediaError):
     """A segment cannot be transcoded (bad input, bad rendition spec, encoder failure)."""
+
+
+class OrchestratorError(StreamgwError):
+    """An orchestrator refused or failed a call."""
+
+
+class OrchestratorUnavailable(OrchestratorError):
+    """An orchestrator could not be reached, timed out, or dropped the connection."""

@@ -11,3 +11,5 @@ def configure(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: one line per segment upload and rendition download.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from fractions import Fraction
@@ -14,9 +15,15 @@ import uvicorn
 
 from streamgw.api.app import create_app
 from streamgw.config import Settings, split_addr
+from streamgw.errors import ConfigError, ProfileError
 from streamgw.gateway.hub import Hub
 from streamgw.gateway.ingest import Ingest, IngestSettings
+from streamgw.gateway.transcoding import TranscodeDispatcher
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
+from streamgw.livepeer.client import OrchestratorClient
+from streamgw.livepeer.profiles import VideoProfile, parse_preset_names, parse_profiles_json
+from streamgw.livepeer.signing import Signer
+from streamgw.livepeer.tls import CertificatePins
 from streamgw.media.segmenter import SegmenterSettings
 from streamgw.metrics import Metrics
 from streamgw.output.hls import HlsOutput, Recorder
@@ -34,11 +41,32 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-class GatewayNode:
-    """RTMP ingest, segmenter, HLS output and HTTP API wired together."""
+def load_profiles(spec: str) -> list[VideoProfile]:
+    """The ladder from preset names or a go-livepeer JSON profiles file; raises ConfigError."""
+    try:
+        if spec.strip().endswith(".json") or Path(spec).is_file():
+            try:
+                return parse_profiles_json(Path(spec).read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"cannot read transcoding options {spec}: {exc}") from exc
+        return parse_preset_names(spec)
+    except ProfileError as exc:
+        raise ConfigError(f"transcoding_options: {exc}") from exc
 
-    def __init__(self, settings: Settings) -> None:
+
+class GatewayNode:
+    """RTMP ingest, segmenter, HLS output, transcoding dispatch and HTTP API wired together.
+
+    ``orchestrators`` overrides ``settings.orch_addr`` (``streamgw up`` passes its embedded one).
+    """
+
+    def __init__(self, settings: Settings, orchestrators: list[str] | None = None) -> None:
         self.settings = settings
+        urls = orchestrators if orchestrators is not None else [
+            u.strip() for u in settings.orch_addr.split(",") if u.strip()
+        ]
+        self.profiles = load_profiles(settings.transcoding_options) if urls else []
+        self.signer = Signer(settings.gateway_key) if settings.gateway_key else Signer(os.urandom(32))
         self.hub = Hub()
         self.metrics = Metrics()
         self.ingest = Ingest(
@@ -74,15 +102,22 @@ class GatewayNode:
             lambda: self.rtmp.active_connections,
             lambda: self.rtmp.protocol_errors,
         )
+        pins = CertificatePins()
+        self.dispatcher = TranscodeDispatcher(
+            self.hub, [OrchestratorClient(u, self.signer, pins) for u in urls], self.profiles
+        ) if urls else None
         web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
-        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir)
+        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher)
         self._http: _Uvicorn | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._http_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     async def start(self) -> None:
         """Bind both ports and start serving."""
         self._tasks.append(asyncio.create_task(self.hls.run(self.hub.subscribe(maxsize=1024))))
+        if self.dispatcher is not None:
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(self.hub.subscribe(maxsize=1024))))
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
@@ -98,11 +133,12 @@ class GatewayNode:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         self._http = _Uvicorn(config)
-        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock])))
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        self._tasks.append(self._http_task)
         while not self._http.started:
             await asyncio.sleep(0.01)
-            if self._tasks[-1].done():
-                self._tasks[-1].result()
+            if self._http_task.done():
+                self._http_task.result()
         log.info("RTMP on rtmp://%s:%d/live/STREAM, HTTP on http://%s:%d/",
                  host if host else "0.0.0.0", self.rtmp.port, host, self.http_port)
 
@@ -114,6 +150,9 @@ class GatewayNode:
         await self.hls.flush()
         if self._http is not None:
             self._http.should_exit = True
-        for task in self._tasks[:1]:
-            task.cancel()
+        for task in self._tasks:
+            if task is not self._http_task:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.dispatcher is not None:
+            await self.dispatcher.close()

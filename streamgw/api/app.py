@@ -15,8 +15,13 @@ from pydantic import BaseModel
 from streamgw import __version__
 from streamgw.gateway.ingest import Ingest
 from streamgw.gateway.streams import LiveStream
+from streamgw.gateway.transcoding import TranscodeDispatcher
+from streamgw.livepeer.capabilities import bitstring_ids
+from streamgw.livepeer.profiles import VideoProfile
+from streamgw.media.segmenter import avc_codec_string
+from streamgw.media.transcoder import fit_size
 from streamgw.metrics import Metrics
-from streamgw.output.hls import HlsOutput, Variant, master_playlist
+from streamgw.output.hls import HlsOutput, RenditionPlaylist, Variant, master_playlist
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp2t"
@@ -48,6 +53,21 @@ class StreamView(BaseModel):
     reconnects: int
     renditions: list[str]
     playlist: str
+    last_error: str | None
+
+
+class OrchestratorView(BaseModel):
+    """An orchestrator as the gateway sees it."""
+
+    address: str
+    transcoder: str | None
+    capabilities: list[int]
+    price_per_unit: int | None
+    pixels_per_unit: int | None
+    segments: int
+    failures: int
+    in_flight: int
+    last_seconds: float
     last_error: str | None
 
 
@@ -87,8 +107,23 @@ def _view(stream: LiveStream, hls: HlsOutput) -> StreamView:
     )
 
 
-def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path) -> FastAPI:
+def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: LiveStream) -> Variant:
+    info = stream.info
+    width, height = profile.width, profile.height
+    if info and info.width and info.height:
+        width, height = fit_size(info.width, info.height, profile.width, profile.height)
+    codecs = [avc_codec_string(rp.first_data()) or "avc1.640028"]
+    if info and info.audio_codec:
+        codecs.append(info.codecs.split(",")[-1])
+    fps = profile.fps / (profile.fps_den or 1) if profile.fps else (info.fps if info else None)
+    return Variant(profile.name, rp.bandwidth or profile.bitrate, ",".join(codecs), width, height, fps)
+
+
+def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
+               profiles: list[VideoProfile] | None = None,
+               dispatcher: TranscodeDispatcher | None = None) -> FastAPI:
     """Build the FastAPI application over the running gateway parts."""
+    by_name = {p.name: p for p in profiles or []}
     started = time.monotonic()
     app = FastAPI(title="streamgw", version=__version__, description="Live video gateway for Livepeer")
     app.add_middleware(
@@ -119,6 +154,23 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path) 
             raise HTTPException(404, f"no stream {name!r}")
         return _view(stream, hls)
 
+    @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
+    def list_orchestrators() -> list[OrchestratorView]:
+        """Every configured orchestrator: what it offers and how it has done."""
+        views = []
+        for st in (dispatcher.status.values() if dispatcher else []):
+            info = st.info
+            views.append(OrchestratorView(
+                address=st.url,
+                transcoder=info.transcoder if info else None,
+                capabilities=sorted(bitstring_ids(info.capabilities.bitstring)) if info else [],
+                price_per_unit=info.price_info.pricePerUnit if info else None,
+                pixels_per_unit=info.price_info.pixelsPerUnit if info else None,
+                segments=st.segments, failures=st.failures, in_flight=st.in_flight,
+                last_seconds=round(st.last_seconds, 3), last_error=st.last_error,
+            ))
+        return views
+
     @app.get("/stream/{name}.m3u8", tags=["hls"], response_class=Response)
     def master(name: str) -> Response:
         """The master playlist of a stream: one variant per rendition."""
@@ -135,6 +187,8 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path) 
                     info.width if info else None, info.height if info else None,
                     info.fps if info and info.fps and math.isfinite(info.fps) else None,
                 ))
+            elif rendition in by_name:
+                variants.append(_rendition_variant(by_name[rendition], rp, stream))
         return Response(master_playlist(name, variants), media_type=PLAYLIST_TYPE,
                         headers={"Cache-Control": PLAYLIST_CACHE})
 

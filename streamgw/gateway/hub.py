@@ -12,9 +12,14 @@ from streamgw.segment import Segment
 
 @dataclass(frozen=True, slots=True)
 class StreamEnded:
-    """The stream's publisher is gone for good: outputs finish it (EXT-X-ENDLIST)."""
+    """A rendition of a stream is finished: outputs end it (EXT-X-ENDLIST).
+
+    The ingest ends "source" when the publisher is gone for good; the dispatcher ends each
+    transcoded rendition once the segments still in flight are done.
+    """
 
     stream_id: str
+    rendition: str = "source"
 
 
 Event = Union[Segment, StreamEnded]

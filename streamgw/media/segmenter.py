@@ -21,12 +21,10 @@ import av
 import av.error
 
 from streamgw.errors import KeyframeTimeout, MediaError, SegmentTooLarge
+from streamgw.media.mpegts import muxer_options, strip_leading_sdt
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
-
-TS_PACKET = 188
-SDT_PID = 0x11
 
 
 class ByteSource(Protocol):
@@ -70,7 +68,7 @@ class _Cut:
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool) -> None:
         self.buf = io.BytesIO()
         # One SDT at most (it is written once at the start), which finish() removes.
-        self.container = av.open(self.buf, "w", format="mpegts", options={"sdt_period": "100000"})
+        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         self.start_pts = start_pts
         self.size = 0
@@ -83,12 +81,8 @@ class _Cut:
 
     def finish(self) -> bytes:
         self.container.close()
-        data = self.buf.getvalue()
-        # FFmpeg writes the SDT (PID 0x11) before the PAT; players need only PAT/PMT, and a
-        # segment that starts with them is self-describing from its first packet.
-        if len(data) >= TS_PACKET and ((data[1] & 0x1F) << 8 | data[2]) == SDT_PID:
-            data = data[TS_PACKET:]
-        return data
+        # A segment that starts with PAT/PMT is self-describing from its first packet.
+        return strip_leading_sdt(self.buf.getvalue())
 
 
 class Segmenter:
@@ -206,7 +200,7 @@ def _media_info(video: Any, audio: Any) -> MediaInfo:
     fps: float | None = None
     if video is not None:
         ctx = video.codec_context
-        codecs.append(_avc_codec_string(ctx.extradata))
+        codecs.append(avc_codec_string(ctx.extradata) or "avc1.640028")
         rate = video.average_rate or video.guessed_rate
         fps = float(rate) if rate else None
     if audio is not None:
@@ -223,13 +217,15 @@ def _media_info(video: Any, audio: Any) -> MediaInfo:
     )
 
 
-def _avc_codec_string(extradata: bytes | None) -> str:
-    """RFC 6381 'avc1.PPCCLL' from an avcC record (or an Annex B SPS)."""
-    if extradata and len(extradata) >= 4 and extradata[0] == 1:
-        return f"avc1.{extradata[1]:02x}{extradata[2]:02x}{extradata[3]:02x}"
-    if extradata:
-        idx = extradata.find(b"\x00\x00\x01")
-        if idx >= 0 and len(extradata) >= idx + 7 and extradata[idx + 3] & 0x1F == 7:
-            p, c, lvl = extradata[idx + 4], extradata[idx + 5], extradata[idx + 6]
-            return f"avc1.{p:02x}{c:02x}{lvl:02x}"
-    return "avc1.640028"
+def avc_codec_string(data: bytes | None) -> str | None:
+    """RFC 6381 'avc1.PPCCLL' from an avcC record, or from the first SPS in Annex B or MPEG-TS bytes."""
+    if not data:
+        return None
+    if len(data) >= 4 and data[0] == 1:
+        return f"avc1.{data[1]:02x}{data[2]:02x}{data[3]:02x}"
+    start = 0
+    while (idx := data.find(b"\x00\x00\x01", start, 65536)) >= 0:
+        if len(data) >= idx + 7 and data[idx + 3] & 0x1F == 7:
+            return f"avc1.{data[idx + 4]:02x}{data[idx + 5]:02x}{data[idx + 6]:02x}"
+        start = idx + 3
+    return None

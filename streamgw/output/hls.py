@@ -78,6 +78,10 @@ class RenditionPlaylist:
             del self._by_name[self.name(old.seq)]
             self._dropped_discontinuities += old.discontinuity
 
+    def first_data(self) -> bytes | None:
+        """The bytes of the oldest retained segment (to read codec parameters from)."""
+        return self._entries[0].data if self._entries else None
+
     def segment(self, name: str) -> bytes | None:
         """The bytes of segment ``name`` while it is retained."""
         entry = self._by_name.get(name)
@@ -171,8 +175,10 @@ class HlsOutput:
         if isinstance(event, StreamEnded):
             pls = self._streams.get(event.stream_id)
             if pls is not None:
-                pls.ended = True
-                for rp in pls.renditions.values():
+                if event.rendition == "source":
+                    pls.ended = True
+                rp = pls.renditions.get(event.rendition)
+                if rp is not None:
                     rp.ended = True
             return
         self._add(event)
@@ -187,7 +193,8 @@ class HlsOutput:
 
     def _add(self, seg: Segment) -> None:
         pls = self._streams.get(seg.stream_id)
-        if pls is None or pls.ended:
+        if pls is None or (pls.ended and seg.rendition == "source"):
+            # Only a source segment starts a new publication of the name; renditions follow it.
             pls = _StreamPlaylists(session=secrets.token_hex(4))
             self._streams[seg.stream_id] = pls
         if seg.rendition == "source" and (not pls.renditions or seg.discontinuity):

@@ -1,0 +1,1 @@
+"""The orchestrator node: GetOrchestrator over gRPC, /segment over HTTPS, PyAV transcoding."""

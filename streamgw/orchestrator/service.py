@@ -1,0 +1,298 @@
+"""The orchestrator's protocol handlers: GetOrchestrator, Ping, EndTranscodingSession, /segment.
+
+Answers as go-livepeer does (WIRE.md §1, §6): gRPC errors are UNKNOWN with go-livepeer's texts,
+``/segment`` answers 402/403/400 with a ``text/plain`` body of the error and a newline, and a
+200 is sent early, once the upload is read and hashed; its body, a ``TranscodeResult``, follows
+when transcoding ends (transcode failures travel inside it as ``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from streamgw.errors import LivepeerError, MediaError, SegDataError, SignatureError
+from streamgw.livepeer import lp_rpc_pb2 as pb
+from streamgw.livepeer.capabilities import Capabilities, Capability
+from streamgw.livepeer.profiles import VideoProfile
+from streamgw.livepeer.segdata import (
+    AUTH_TOKEN_VALIDITY_S,
+    PAYMENT_HEADER,
+    SEGMENT_HEADER,
+    Rendition,
+    SegMetadata,
+    decode_segdata_header,
+    make_auth_token,
+    ping_response,
+    sign_renditions,
+    transcode_result,
+    verify_orchestrator_request,
+    verify_segment_credentials,
+)
+from streamgw.livepeer.signing import (
+    ZERO_ADDRESS,
+    MessageSigner,
+    OffchainSigner,
+    keccak256,
+    verify_message,
+    verify_sig,
+)
+from streamgw.orchestrator.grpc_asgi import UNKNOWN, GrpcRouter, GrpcStatusError, Receive, Scope, Send
+from streamgw.orchestrator.store import RenditionStore
+
+log = logging.getLogger(__name__)
+
+Transcode = Callable[[bytes, Sequence[VideoProfile]], Awaitable[list[bytes]]]
+"""Transcodes one source segment into one rendition per profile (runs off the event loop)."""
+
+# What this orchestrator can do (WIRE.md §3): H.264 in and out as MPEG-TS, fractional frame rates,
+# direct storage, every H.264 profile, GOP, auth tokens.
+TRANSCODE_CAPABILITIES = frozenset({
+    Capability.H264, Capability.MPEGTS, Capability.FRACTIONAL_FRAMERATES, Capability.STORAGE_DIRECT,
+    Capability.PROFILE_H264_BASELINE, Capability.PROFILE_H264_MAIN, Capability.PROFILE_H264_HIGH,
+    Capability.PROFILE_H264_CONSTRAINED_HIGH, Capability.GOP, Capability.AUTH_TOKEN,
+})
+
+_RENDITION_PATH = re.compile(r"^/stream/([0-9a-f]{1,64})/([A-Za-z0-9_.\-]{1,128})/(\d{1,19})\.ts$")
+
+
+@dataclass(slots=True)
+class OrchestratorState:
+    """Counters the operator sees."""
+
+    segments: int = 0
+    failures: int = 0
+    busy_refusals: int = 0
+    in_flight: int = 0
+    sessions: dict[str, bytes] = field(default_factory=dict)  # session id -> gateway address
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorSettings:
+    """How this orchestrator presents itself and what it accepts."""
+
+    service_url: str  # OrchestratorInfo.transcoder, e.g. https://127.0.0.1:8935
+    max_sessions: int = 10
+    max_concurrent: int = 4  # transcodes at once; more answer OrchestratorBusy
+    max_segment_bytes: int = 64 * 1024 * 1024
+    price_per_unit: int = 0
+    pixels_per_unit: int = 1
+    delay: float = 0.0  # added per segment, to simulate a slow node in tests
+
+
+class OrchestratorService:
+    """go-livepeer's orchestrator behaviour for transcoding, offchain (no tickets yet)."""
+
+    def __init__(self, settings: OrchestratorSettings, transcode: Transcode,
+                 signer: MessageSigner | None = None, store: RenditionStore | None = None) -> None:
+        self.settings = settings
+        self.signer: MessageSigner = signer or OffchainSigner()
+        self.transcode = transcode
+        self.store = store or RenditionStore()
+        self.capabilities = Capabilities.from_ids(TRANSCODE_CAPABILITIES)
+        self.state = OrchestratorState()
+        self._auth_secret = secrets.token_bytes(32)
+
+    # --- gRPC ---
+
+    def grpc_router(self) -> GrpcRouter:
+        """The net.Orchestrator service."""
+        router = GrpcRouter()
+        router.unary("/net.Orchestrator/GetOrchestrator", pb.OrchestratorRequest, self._get_orchestrator)
+        router.unary("/net.Orchestrator/Ping", pb.PingPong, self._ping)
+        router.unary("/net.Orchestrator/EndTranscodingSession", pb.EndTranscodingSessionRequest, self._end)
+        return router
+
+    async def _get_orchestrator(self, req: pb.OrchestratorRequest, scope: Scope) -> pb.OrchestratorInfo:
+        try:
+            gateway = verify_orchestrator_request(req, _Verifier())
+        except SignatureError as exc:
+            raise GrpcStatusError(UNKNOWN, f"Invalid orchestrator request: {exc}") from exc
+        if not req.ignoreCapacityCheck and len(self.state.sessions) >= self.settings.max_sessions:
+            raise GrpcStatusError(UNKNOWN, "Invalid orchestrator request: OrchestratorCapped")
+        return self.orchestrator_info(self._new_session(gateway))
+
+    def _new_session(self, gateway: bytes) -> str:
+        session_id = secrets.token_hex(8)
+        self.state.sessions[session_id] = gateway
+        return session_id
+
+    def orchestrator_info(self, session_id: str) -> pb.OrchestratorInfo:
+        """OrchestratorInfo for a session: where to send segments, price, capabilities, auth token."""
+        expiration = int(time.time()) + AUTH_TOKEN_VALIDITY_S
+        token = make_auth_token(self._auth_secret, session_id, expiration)
+        info = pb.OrchestratorInfo(transcoder=self.settings.service_url, address=self.signer.address)
+        info.price_info.pricePerUnit = self.settings.price_per_unit
+        info.price_info.pixelsPerUnit = self.settings.pixels_per_unit
+        info.capabilities.CopyFrom(self.capabilities.to_proto())
+        info.capabilities.capacities[int(Capability.H264)] = self.settings.max_concurrent
+        info.auth_token.CopyFrom(token.to_proto())
+        return info
+
+    async def _ping(self, req: pb.PingPong, scope: Scope) -> pb.PingPong:
+        return ping_response(self.signer, req)
+
+    async def _end(self, req: pb.EndTranscodingSessionRequest, scope: Scope) -> pb.EndTranscodingSessionResponse:
+        token = req.auth_token
+        expected = make_auth_token(self._auth_secret, token.session_id, token.expiration)
+        if token.token != expected.token or token.session_id not in self.state.sessions:
+            raise GrpcStatusError(UNKNOWN, "Invalid auth token")
+        del self.state.sessions[token.session_id]
+        return pb.EndTranscodingSessionResponse()
+
+    # --- HTTP ---
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/segment`` and rendition downloads ``/stream/SESSION/PROFILE/SEQ.ts``."""
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/segment":
+            await self._segment(scope, receive, send)
+            return
+        match = _RENDITION_PATH.match(path)
+        data = self.store.get(path) if match and scope["method"] in ("GET", "HEAD") else None
+        if data is None:
+            await _plain(send, 404, "404 page not found")
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"video/mp2t"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data if scope["method"] == "GET" else b""})
+
+    async def _segment(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        payment = pb.Payment()
+        try:
+            payment.ParseFromString(base64.b64decode(headers.get(PAYMENT_HEADER.lower(), ""), validate=True))
+        except binascii.Error as exc:
+            await _plain(send, 402, f"base64 decode error: {exc}")
+            return
+        except DecodeError as exc:
+            await _plain(send, 402, f"protobuf unmarshal error: {exc}")
+            return
+        seg_header = headers.get(SEGMENT_HEADER.lower(), "")
+        try:
+            meta = self._verify(seg_header, payment)
+        except SegDataError as exc:
+            await _plain(send, 403, str(exc))
+            return
+        try:
+            body = await _read_body(receive, self.settings.max_segment_bytes)
+        except LivepeerError as exc:
+            await _plain(send, 413, str(exc))
+            return
+        except ConnectionError:
+            await _plain(send, 500, "Internal Server Error")
+            return
+        if keccak256(body) != meta.seg_hash:
+            await _plain(send, 403, "Forbidden")
+            return
+        # The early 200: the upload is complete and verified (go-livepeer ServeSegment).
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-protobuf")]})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        result = await self._transcode(meta, body)
+        await send({"type": "http.response.body", "body": result.SerializeToString(), "more_body": False})
+
+    def _verify(self, header: str, payment: pb.Payment) -> SegMetadata:
+        if not header:
+            raise SegDataError("empty seg data")
+        msg = decode_segdata_header(header)
+        gateway = self.state.sessions.get(msg.auth_token.session_id, ZERO_ADDRESS)
+        sender = payment.sender or gateway
+        # A session opened by a gateway with an address is bound to it: its segments must carry
+        # its signature. An offchain gateway (zero address, empty signatures) is accepted as
+        # go-livepeer's offchain orchestrator accepts it.
+        verifier: MessageSigner = _Verifier() if sender != ZERO_ADDRESS else OffchainSigner()
+        meta = verify_segment_credentials(header, verifier=verifier, sender=sender,
+                                          orchestrator_caps=self.capabilities,
+                                          auth_secret=self._auth_secret, now=time.time())
+        assert meta.auth_token is not None
+        if meta.auth_token.session_id not in self.state.sessions:
+            raise SegDataError("invalid auth token")
+        return meta
+
+    async def _transcode(self, meta: SegMetadata, body: bytes) -> pb.TranscodeResult:
+        assert meta.auth_token is not None
+        session_id = meta.auth_token.session_id
+        info = self.orchestrator_info(session_id)
+        if self.state.in_flight >= self.settings.max_concurrent:
+            self.state.busy_refusals += 1
+            return transcode_result(meta.seq, error="OrchestratorBusy", info=info)
+        self.state.in_flight += 1
+        try:
+            if self.settings.delay:
+                await asyncio.sleep(self.settings.delay)
+            outputs = await self.transcode(body, meta.profiles)
+            sig = sign_renditions(self.signer, outputs)
+        except (MediaError, LivepeerError) as exc:
+            self.state.failures += 1
+            log.warning("transcode of %s seq %d failed: %s", session_id, meta.seq, exc)
+            return transcode_result(meta.seq, error=str(exc), info=info)
+        finally:
+            self.state.in_flight -= 1
+        renditions = []
+        seconds = meta.duration_ms / 1000
+        for profile, data in zip(meta.profiles, outputs, strict=True):
+            path = f"/stream/{session_id}/{profile.name}/{meta.seq}{profile.extension}"
+            self.store.put(path, data)
+            fps = profile.fps / (profile.fps_den or 1) if profile.fps else 30
+            renditions.append(Rendition(self.settings.service_url + path,
+                                        int(profile.width * profile.height * round(seconds * fps))))
+        self.state.segments += 1
+        return transcode_result(meta.seq, renditions=renditions, sig=sig, info=info)
+
+
+class _Verifier:
+    """Checks other nodes' signatures by recovering their address; holds no key, signs nothing."""
+
+    __slots__ = ()
+
+    @property
+    def address(self) -> bytes:
+        return ZERO_ADDRESS
+
+    @property
+    def checksum_address(self) -> str:
+        return "0x" + "0" * 40
+
+    def sign(self, msg: bytes) -> bytes:
+        raise SignatureError("a verifier cannot sign")
+
+    def sign_hash(self, payload: bytes) -> bytes:
+        raise SignatureError("a verifier cannot sign")
+
+    def verify(self, address: str | bytes, msg: bytes, sig: bytes) -> None:
+        verify_message(address, msg, sig)
+
+    def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
+        verify_sig(address, payload, sig)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise SegDataError(f"segment larger than {limit} bytes")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    """Go's ``http.Error``: text/plain, nosniff, the message and a newline."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": (text + "\n").encode()})
