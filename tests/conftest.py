@@ -173,3 +173,68 @@ def finish(proc: subprocess.Popen[str], *, kill: bool = False, timeout: float = 
         proc.kill()
         _, err = proc.communicate()
     return err or ""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OrchestratorProcess:
+    """A ``streamgw orchestrator`` running as its own process."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    port: int
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+def start_orchestrator(data_dir: str, port: int | None = None, *extra: str) -> OrchestratorProcess:
+    """Start ``streamgw orchestrator`` on 127.0.0.1 and wait until its TLS port accepts."""
+    import socket
+
+    port = port or free_port()
+    proc = subprocess.Popen(
+        ["streamgw", "orchestrator", "--serve-addr", f"127.0.0.1:{port}", "--orch-data-dir", data_dir,
+         "--log-level", "warning", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _, err = proc.communicate(timeout=5)
+                raise AssertionError(f"orchestrator did not start: {err}") from None
+            time.sleep(0.1)
+    return OrchestratorProcess(proc, f"https://127.0.0.1:{port}", port)
+
+
+@pytest.fixture
+def orchestrators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., OrchestratorProcess]]:
+    """Start orchestrator processes; all are stopped at the end of the test."""
+    started: list[OrchestratorProcess] = []
+
+    def make(*extra: str, port: int | None = None, data_dir: str | None = None) -> OrchestratorProcess:
+        orch = start_orchestrator(data_dir or str(tmp_path_factory.mktemp("orch")), port, *extra)
+        started.append(orch)
+        return orch
+
+    yield make
+    for orch in started:
+        if orch.proc.poll() is None:
+            orch.proc.terminate()
+            try:
+                orch.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                orch.kill()
