@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ from streamgw.node import GatewayNode, load_profiles
 from streamgw.orchestrator.node import DEFAULT_DATA_DIR, OrchestratorNode, OrchestratorNodeSettings
 
 log = logging.getLogger(__name__)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text without splitting words at hyphens (flags, URLs, go-livepeer)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"streamgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = sub.add_parser("up", help="run the whole system on this machine (zero config)",
+    up = sub.add_parser("up", formatter_class=_HelpFormatter, help="run the whole system on this machine (zero config)",
                         description="Run the gateway: RTMP ingest, segmenter, HLS output, API and web page.")
     _add_settings_flags(up)
-    gw = sub.add_parser("gateway", help="run the gateway alone (go-livepeer -gateway)",
+    gw = sub.add_parser("gateway", formatter_class=_HelpFormatter, help="run the gateway alone (go-livepeer -gateway)",
                         description="Run the gateway: RTMP in, segments to --orch-addr orchestrators, HLS out.")
     _add_settings_flags(gw)
-    orch = sub.add_parser("orchestrator", help="run a transcoding orchestrator (go-livepeer -orchestrator)",
+    orch = sub.add_parser("orchestrator", formatter_class=_HelpFormatter, help="run a transcoding orchestrator (go-livepeer -orchestrator)",
                           description="Run an orchestrator: GetOrchestrator over gRPC and /segment over "
                                       "HTTPS on one TLS port; transcodes with PyAV.")
     _add_settings_flags(orch)

@@ -6,6 +6,7 @@ documents every key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -73,6 +74,23 @@ class Settings(BaseModel):
         "P144p30fps16x9,P240p30fps16x9,P360p30fps16x9",
         description="the ABR ladder: preset names, comma-separated, or a JSON file of go-livepeer profiles",
     )
+    orch_webhook_url: str = Field(
+        "", description="URL answering GET with [{\"address\": URL, \"score\": float}] "
+        "(like go-livepeer -orchWebhookUrl); read at start and every orch_refresh_interval",
+    )
+    orch_refresh_interval: float = Field(
+        60.0, ge=1.0, le=3600.0, description="seconds between orchestrator discovery refreshes"
+    )
+    max_in_flight: int = Field(4, ge=1, le=64, description="segments of one stream transcoding at once")
+    max_price_per_unit: int = Field(
+        0, ge=0, description="highest price (wei per pixels_per_unit pixels) an orchestrator may ask; 0: no cap"
+    )
+    pixels_per_unit: int = Field(1, ge=1, description="the pixel unit of max_price_per_unit")
+    max_price_per_capability: str = Field(
+        "", description="per-capability price caps, 'CAP=WEI_PER_PIXEL,...' (e.g. '35=100'); empty: none"
+    )
+    orch_include: str = Field("", description="if set, only these orchestrator URLs are used (comma-separated)")
+    orch_exclude: str = Field("", description="orchestrator URLs never used (comma-separated)")
     gateway_key: str = Field(
         "", description="hex secp256k1 key the gateway signs segments with; empty: a new key per run"
     )
@@ -91,11 +109,50 @@ class Settings(BaseModel):
         0.0, ge=0.0, le=60.0, description="orchestrator: seconds of delay added per segment (testing)"
     )
     log_level: str = Field("info", description="debug, info, warning or error")
+    webrtc_addrs: str = Field(
+        "127.0.0.1", description="WHIP/WHEP: local IPs to offer ICE host candidates on, comma-separated; "
+        "'*' every non-loopback interface, PUBLIC=LOCAL behind a 1:1 NAT",
+    )
+    webrtc_ice_servers: str = Field(
+        "", description="WHIP/WHEP: STUN/TURN server URLs, comma-separated (stun:HOST:PORT, "
+        "turn:HOST:PORT?transport=udp); empty: none is contacted",
+    )
+    webrtc_turn_username: str = Field("", description="WHIP/WHEP: username for the TURN servers")
+    webrtc_turn_password: str = Field("", description="WHIP/WHEP: password for the TURN servers")
+    whip_token: str = Field(
+        "", description="WHIP: bearer token publishers must send (Authorization: Bearer ...); empty: none"
+    )
+    whip_max_sessions: int = Field(16, ge=1, le=10000, description="WHIP: most WebRTC publishers at once")
+    whip_video_bitrate: int = Field(
+        2_500_000, ge=100_000, le=50_000_000,
+        description="WHIP: most bits per second of the H.264 a WebRTC publisher is re-encoded to",
+    )
+    whep_max_sessions: int = Field(100, ge=1, le=100000, description="WHEP: most WebRTC viewers at once")
 
     @field_validator("rtmp_addr", "http_addr", "serve_addr")
     @classmethod
     def _addr(cls, value: str) -> str:
         split_addr(value)
+        return value
+
+    @field_validator("webrtc_addrs")
+    @classmethod
+    def _webrtc_addrs(cls, value: str) -> str:
+        items = [s.strip() for s in value.split(",") if s.strip()]
+        if not items:
+            raise ValueError("at least one address is needed")
+        for item in items:
+            for part in item.split("=", 1):
+                if part.strip() != "*":
+                    ipaddress.ip_address(part.strip())
+        return value
+
+    @field_validator("webrtc_ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: str) -> str:
+        for url in (s.strip() for s in value.split(",")):
+            if url and url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
         return value
 
     @field_validator("log_level")

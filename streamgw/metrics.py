@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streamgw.gateway.dispatcher import DispatchObserver
 from streamgw.gateway.ingest import SegmentObserver
 from streamgw.segment import Segment
 
 
-class Metrics(SegmentObserver):
+class Metrics(SegmentObserver, DispatchObserver):
     """The gateway's metrics; ``render`` gives the text exposition format."""
 
     def __init__(self) -> None:
@@ -39,6 +40,28 @@ class Metrics(SegmentObserver):
             "streamgw_rtmp_protocol_errors", "RTMP connections closed for protocol errors (total)",
             registry=self.registry,
         )
+
+        self.orchestrator_attempts = Counter(
+            "streamgw_orchestrator_attempts", "Segment attempts per orchestrator and outcome",
+            ["orchestrator", "outcome"], registry=self.registry,
+        )
+        self.orchestrator_seconds = Histogram(
+            "streamgw_orchestrator_round_trip_seconds", "Upload, transcode and download time per attempt",
+            ["orchestrator"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16), registry=self.registry,
+        )
+        self.renditions_latency = Histogram(
+            "streamgw_renditions_latency_seconds",
+            "Time from a source segment being cut to its renditions being published (or given up)",
+            ["outcome"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16), registry=self.registry,
+        )
+
+    def on_attempt(self, orchestrator: str, ok: bool, seconds: float) -> None:
+        self.orchestrator_attempts.labels(orchestrator, "ok" if ok else "failed").inc()
+        if ok:
+            self.orchestrator_seconds.labels(orchestrator).observe(seconds)
+
+    def on_transcoded(self, ok: bool, seconds: float) -> None:
+        self.renditions_latency.labels("published" if ok else "lost").observe(seconds)
 
     def on_segment(self, segment: Segment, latency: float) -> None:
         self.segments_out.labels(segment.rendition).inc()

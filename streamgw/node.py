@@ -14,12 +14,17 @@ from pathlib import Path
 import uvicorn
 
 from streamgw.api.app import create_app
+from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
 from streamgw.errors import ConfigError, ProfileError
 from streamgw.gateway.hub import Hub
 from streamgw.gateway.ingest import Ingest, IngestSettings
-from streamgw.gateway.transcoding import TranscodeDispatcher
+from streamgw.gateway.streams import StreamState
+from streamgw.gateway.discovery import OrchestratorPool
+from streamgw.gateway.dispatcher import Dispatcher, DispatchSettings
+from streamgw.gateway.selection import SelectionPolicy
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
+from streamgw.ingest.webrtc import IceSettings, WhipServer, WhipSettings, parse_ice_addresses, parse_ice_servers
 from streamgw.livepeer.client import OrchestratorClient
 from streamgw.livepeer.profiles import VideoProfile, parse_preset_names, parse_profiles_json
 from streamgw.livepeer.signing import Signer
@@ -27,6 +32,7 @@ from streamgw.livepeer.tls import CertificatePins
 from streamgw.media.segmenter import SegmenterSettings
 from streamgw.metrics import Metrics
 from streamgw.output.hls import HlsOutput, Recorder
+from streamgw.output.whep import WhepOutput, WhepSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,27 @@ def load_profiles(spec: str) -> list[VideoProfile]:
         return parse_preset_names(spec)
     except ProfileError as exc:
         raise ConfigError(f"transcoding_options: {exc}") from exc
+
+
+def _url_set(text: str) -> frozenset[str]:
+    return frozenset(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+
+
+def selection_policy(settings: Settings) -> SelectionPolicy:
+    """The operator's selection constraints from the settings; raises ConfigError."""
+    per_cap: dict[int, Fraction] = {}
+    for item in filter(None, (i.strip() for i in settings.max_price_per_capability.split(","))):
+        cap, sep, price = item.partition("=")
+        if not sep or not cap.strip().isdigit():
+            raise ConfigError(f"max_price_per_capability: {item!r} is not CAP=PRICE")
+        try:
+            per_cap[int(cap)] = Fraction(price.strip())
+        except ValueError as exc:
+            raise ConfigError(f"max_price_per_capability: {item!r}: {exc}") from exc
+    max_price = (Fraction(settings.max_price_per_unit, settings.pixels_per_unit)
+                 if settings.max_price_per_unit else None)
+    return SelectionPolicy(max_price=max_price, max_price_per_capability=per_cap,
+                           include=_url_set(settings.orch_include), exclude=_url_set(settings.orch_exclude))
 
 
 class GatewayNode:
@@ -103,21 +130,56 @@ class GatewayNode:
             lambda: self.rtmp.protocol_errors,
         )
         pins = CertificatePins()
-        self.dispatcher = TranscodeDispatcher(
-            self.hub, [OrchestratorClient(u, self.signer, pins) for u in urls], self.profiles
-        ) if urls else None
+        self.pool: OrchestratorPool | None = None
+        self.dispatcher: Dispatcher | None = None
+        if urls or settings.orch_webhook_url:
+            if not self.profiles:
+                self.profiles = load_profiles(settings.transcoding_options)
+            self.pool = OrchestratorPool(
+                lambda url: OrchestratorClient(url, self.signer, pins),
+                static=urls, webhook_url=settings.orch_webhook_url,
+                refresh_interval=settings.orch_refresh_interval,
+            )
+            self.dispatcher = Dispatcher(
+                self.hub, self.pool, self.profiles,
+                DispatchSettings(max_in_flight=settings.max_in_flight, max_backlog=2 * settings.max_in_flight),
+                selection_policy(settings), observer=self.metrics,
+            )
+        ice = IceSettings(
+            addresses=parse_ice_addresses(settings.webrtc_addrs), servers=parse_ice_servers(settings.webrtc_ice_servers),
+            username=settings.webrtc_turn_username, credential=settings.webrtc_turn_password,
+        )
+        self.whep = WhepOutput(WhepSettings(max_sessions=settings.whep_max_sessions), ice, self._whep_available)
+        self.whip = WhipServer(
+            self.ingest.open_publisher,
+            WhipSettings(
+                target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
+                video_bitrate=settings.whip_video_bitrate, max_sessions=settings.whip_max_sessions,
+            ),
+            ice, open_tee=self.whep.open_tee,
+        )
         web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
-        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher)
+        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
+                              routers=[webrtc_router(self.whip, self.whep, settings.whip_token)])
         self._http: _Uvicorn | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._http_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
+    def _whep_available(self, stream: str, rendition: str) -> bool:
+        live = self.ingest.streams.get(stream)
+        if live is None or live.state is StreamState.ENDED:
+            return False
+        return rendition == "source" or rendition in self.hls.renditions(stream) or any(
+            p.name == rendition for p in self.profiles)
+
     async def start(self) -> None:
         """Bind both ports and start serving."""
         self._tasks.append(asyncio.create_task(self.hls.run(self.hub.subscribe(maxsize=1024))))
-        if self.dispatcher is not None:
+        self._tasks.append(asyncio.create_task(self.whep.run(self.hub.subscribe(maxsize=1024))))
+        if self.dispatcher is not None and self.pool is not None:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self.hub.subscribe(maxsize=1024))))
+            self._tasks.append(asyncio.create_task(self.pool.run()))
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
@@ -144,6 +206,8 @@ class GatewayNode:
 
     async def close(self) -> None:
         """End publishers (flushing their last segments), then stop serving."""
+        await self.whip.close()
+        await self.whep.close()
         await self.rtmp.close()
         await self.ingest.close()
         await asyncio.sleep(0)  # let the HLS task apply the final events

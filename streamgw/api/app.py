@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from streamgw import __version__
 from streamgw.gateway.ingest import Ingest
 from streamgw.gateway.streams import LiveStream
-from streamgw.gateway.transcoding import TranscodeDispatcher
+from streamgw.gateway.dispatcher import Dispatcher
 from streamgw.livepeer.capabilities import bitstring_ids
 from streamgw.livepeer.profiles import VideoProfile
 from streamgw.media.segmenter import avc_codec_string
@@ -54,6 +55,7 @@ class StreamView(BaseModel):
     renditions: list[str]
     playlist: str
     last_error: str | None
+    transcode_error: str | None  # why the latest segment got no renditions
 
 
 class OrchestratorView(BaseModel):
@@ -64,9 +66,12 @@ class OrchestratorView(BaseModel):
     capabilities: list[int]
     price_per_unit: int | None
     pixels_per_unit: int | None
+    latency_score: float | None  # moving average of round-trip seconds per media second
+    success_rate: float | None  # of recent attempts
     segments: int
     failures: int
     in_flight: int
+    suspended_until: float | None  # Unix time
     last_seconds: float
     last_error: str | None
 
@@ -80,7 +85,7 @@ class Health(BaseModel):
     uptime: float
 
 
-def _view(stream: LiveStream, hls: HlsOutput) -> StreamView:
+def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = None) -> StreamView:
     info = stream.info
     return StreamView(
         name=stream.name,
@@ -104,6 +109,7 @@ def _view(stream: LiveStream, hls: HlsOutput) -> StreamView:
         renditions=sorted(hls.renditions(stream.name)),
         playlist=f"/stream/{stream.name}.m3u8",
         last_error=stream.last_error,
+        transcode_error=dispatcher.stream_error(stream.name) if dispatcher else None,
     )
 
 
@@ -121,14 +127,18 @@ def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: Liv
 
 def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                profiles: list[VideoProfile] | None = None,
-               dispatcher: TranscodeDispatcher | None = None) -> FastAPI:
-    """Build the FastAPI application over the running gateway parts."""
+               dispatcher: Dispatcher | None = None,
+               routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP)."""
     by_name = {p.name: p for p in profiles or []}
     started = time.monotonic()
     app = FastAPI(title="streamgw", version=__version__, description="Live video gateway for Livepeer")
     app.add_middleware(
-        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS"], allow_headers=["*"]
+        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS", "POST", "PATCH", "DELETE"],
+        allow_headers=["*"], expose_headers=["Location"],  # WHIP/WHEP clients on other origins read Location
     )
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     def healthz() -> Health:
@@ -144,7 +154,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
     @app.get("/api/streams", response_model=list[StreamView], tags=["streams"])
     def list_streams() -> list[StreamView]:
         """Every live (or reconnecting) stream."""
-        return [_view(s, hls) for s in sorted(ingest.live_streams(), key=lambda s: s.name)]
+        return [_view(s, hls, dispatcher) for s in sorted(ingest.live_streams(), key=lambda s: s.name)]
 
     @app.get("/api/streams/{name}", response_model=StreamView, tags=["streams"])
     def get_stream(name: str) -> StreamView:
@@ -152,22 +162,26 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
         stream = ingest.streams.get(name)
         if stream is None:
             raise HTTPException(404, f"no stream {name!r}")
-        return _view(stream, hls)
+        return _view(stream, hls, dispatcher)
 
     @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
     def list_orchestrators() -> list[OrchestratorView]:
         """Every configured orchestrator: what it offers and how it has done."""
         views = []
-        for st in (dispatcher.status.values() if dispatcher else []):
-            info = st.info
+        now, wall = time.monotonic(), time.time()
+        for r in (dispatcher.pool.records.values() if dispatcher else []):
+            info = r.info
             views.append(OrchestratorView(
-                address=st.url,
+                address=r.url,
                 transcoder=info.transcoder if info else None,
                 capabilities=sorted(bitstring_ids(info.capabilities.bitstring)) if info else [],
                 price_per_unit=info.price_info.pricePerUnit if info else None,
                 pixels_per_unit=info.price_info.pixelsPerUnit if info else None,
-                segments=st.segments, failures=st.failures, in_flight=st.in_flight,
-                last_seconds=round(st.last_seconds, 3), last_error=st.last_error,
+                latency_score=round(r.latency, 4) if r.latency is not None else None,
+                success_rate=round(rate, 3) if (rate := r.success_rate(now)) is not None else None,
+                segments=r.segments, failures=r.failures, in_flight=r.in_flight,
+                suspended_until=round(wall + r.suspended_until - now, 3) if r.suspended(now) else None,
+                last_seconds=round(r.last_seconds, 3), last_error=r.last_error,
             ))
         return views
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -92,8 +93,8 @@ class Ingest:
         """Call ``listener`` when an ended stream is forgotten after its retention time."""
         self._ended_listeners.append(listener)
 
-    async def open_publisher(self, name: str, remote: str) -> _Publisher:
-        """Start (or resume, within the grace period) publishing ``name``."""
+    async def open_publisher(self, name: str, remote: str, input_format: str = "flv") -> _Publisher:
+        """Start (or resume, within the grace period) publishing ``name``; bytes in ``input_format``."""
         if self._closing:
             raise CapacityError("the gateway is shutting down")
         if not name or "/" in name:
@@ -125,7 +126,7 @@ class Ingest:
         self._publishers[name] = publisher
         segmenter = Segmenter(
             name,
-            self.settings.segmenter,
+            dataclasses.replace(self.settings.segmenter, input_format=input_format),
             first_seq=stream.next_seq,
             discontinuity=discontinuity,
             on_info=self._threadsafe(self._on_info, stream),

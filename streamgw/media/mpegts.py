@@ -7,7 +7,6 @@ PAT_PID = 0x00
 SDT_PID = 0x11
 
 
-
 def muxer_options() -> dict[str, str]:
     """Options for FFmpeg's mpegts muxer: one SDT only, at the start, for strip_leading_sdt()."""
     # sdt_period is in seconds (FFmpeg >= 4.4): no second SDT within any segment.

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Literal
 
 import av
@@ -36,12 +37,12 @@ Scaler = Literal["area", "fast_bilinear", "bilinear", "bicubic"]
 
 H264_PROFILES: tuple[str, ...] = ("baseline", "main", "high", "constrained_high")
 X264_PRESETS: tuple[str, ...] = ("ultrafast", "superfast", "veryfast")
-_SCALERS = {
-    "area": Interpolation.AREA,
-    "fast_bilinear": Interpolation.FAST_BILINEAR,
+_SCALERS: Mapping[str, Interpolation] = MappingProxyType({
+    "area": Interpolation.AREA,  # box filter: the cheapest that does not alias when downscaling
+    "fast_bilinear": Interpolation.FAST_BILINEAR,  # cheaper still, but skips pixels: aliasing
     "bilinear": Interpolation.BILINEAR,
-    "bicubic": Interpolation.BICUBIC,
-}
+    "bicubic": Interpolation.BICUBIC,  # the ffmpeg CLI's default
+})
 # x264 never delays dts by more than its longest B-frame run (16) plus one frame: a segment
 # that starts closer to 0 than that is encoded without B-frames, because a negative dts would
 # make FFmpeg's muxer shift every timestamp of the rendition (avoid_negative_ts).
@@ -55,9 +56,10 @@ class RenditionSpec:
     """One rung of a transcoding ladder.
 
     ``width`` x ``height`` is a box: the output keeps the source's display aspect ratio and fits
-    inside it, with even dimensions. ``bitrate`` is in bit/s (x264 ABR, VBV maxrate = bitrate,
-    bufsize = one second). ``fps`` None keeps the source's frames and timestamps; otherwise
-    frames are dropped or repeated onto a ``fps`` grid starting at the segment's first frame.
+    inside it, with even dimensions. ``bitrate`` is in bit/s: x264 with VBV maxrate = bitrate and
+    bufsize = one second (x264 calls it rc=cbr; no filler). ``fps`` None keeps the source's
+    frames and timestamps; otherwise frames are dropped or repeated onto a ``fps`` grid starting
+    at the segment's first frame.
     ``gop`` is the keyframe interval in seconds, "intra-only", or None for one IDR at the
     segment start (x264 may still add IDRs at scene cuts). ``h264_profile`` None lets x264
     choose (High for 8-bit 4:2:0); "constrained_high" is High without B-frames.
@@ -82,7 +84,7 @@ class RenditionSpec:
         if self.fps is not None and not Fraction(1, 1000) <= self.fps <= 240:
             raise TranscodeError(f"rendition {self.name}: fps {self.fps} out of range")
         if self.gop is not None and self.gop != "intra-only":
-            if not isinstance(self.gop, Fraction) or self.gop <= 0:
+            if isinstance(self.gop, bool) or not isinstance(self.gop, int | Fraction) or self.gop <= 0:
                 raise TranscodeError(f"rendition {self.name}: gop {self.gop!r} is not a positive duration")
         if self.h264_profile is not None and self.h264_profile not in H264_PROFILES:
             raise TranscodeError(f"rendition {self.name}: unknown H.264 profile {self.h264_profile!r}")
@@ -97,6 +99,7 @@ class TranscodeOptions:
     preset: str = "veryfast"
     tune: str | None = None  # e.g. "zerolatency": sliced threads, no lookahead, no B-frames
     scaler: Scaler = "area"
+    cascade: bool = True  # scale small rungs from a larger rung rather than the source (see _Scaler)
     max_bytes: int = 64 * 1024 * 1024  # source segment size
     max_pixels: int = 4096 * 2304  # source frame area (4K DCI)
     max_frames: int = 3600  # decoded source frames, and frames encoded per rendition
@@ -109,7 +112,7 @@ class TranscodeOptions:
             raise TranscodeError(f"unknown scaler {self.scaler!r}")
 
 
-DEFAULT_OPTIONS = TranscodeOptions()
+DEFAULT_OPTIONS = TranscodeOptions()  # frozen: safe as a shared default
 
 
 def fit_size(src_width: int, src_height: int, box_width: int, box_height: int,
@@ -225,7 +228,8 @@ class _Job:
             time_base = Fraction(video.time_base or _TS_TIME_BASE)
             sizes = [fit_size(frame.width, frame.height, spec.width, spec.height, video.sample_aspect_ratio)
                      for spec in self.specs]
-            self.scaler = _Scaler((frame.width, frame.height), sizes, _SCALERS[self.options.scaler], self.threads)
+            self.scaler = _Scaler((frame.width, frame.height), sizes, _SCALERS[self.options.scaler], self.threads,
+                                  cascade=self.options.cascade)
             for spec, size in zip(self.specs, sizes, strict=True):
                 rendition = _Rendition(spec, size, frame.pts, time_base, _source_rate(video), audio,
                                        self.audio_packets, self.threads, self.options)
@@ -258,7 +262,7 @@ class _Scaler:
     """
 
     def __init__(self, source: tuple[int, int], sizes: Sequence[tuple[int, int]],
-                 interpolation: Interpolation, threads: int) -> None:
+                 interpolation: Interpolation, threads: int, *, cascade: bool) -> None:
         self.source = source
         self.interpolation = interpolation
         self.threads = threads
@@ -267,7 +271,7 @@ class _Scaler:
         area = source[0] * source[1]
         for size in sorted(set(sizes), key=lambda wh: wh[0] * wh[1], reverse=True):
             parents = [p for p, pp in self.parent.items()
-                       if pp == source and p[0] * p[1] < area
+                       if cascade and pp == source and p[0] * p[1] < area
                        and 2 * p[0] >= 3 * size[0] and 2 * p[1] >= 3 * size[1]]
             self.parent[size] = min(parents, key=lambda wh: wh[0] * wh[1], default=source)
             self.contexts[size] = VideoReformatter()

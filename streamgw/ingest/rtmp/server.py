@@ -126,10 +126,15 @@ class RtmpServer:
             log.exception("RTMP %s: unexpected error", remote)
         finally:
             session.finish()
-            self._tasks.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+            finally:
+                # close() waits to flush what is buffered: a peer that reads nothing would keep
+                # the socket open for good.
+                writer.transport.abort()
+                self._tasks.discard(task)
 
 
 class _Session:
@@ -178,8 +183,9 @@ class _Session:
                 if self.closing:
                     break
             self._maybe_ack()
-            await self.writer.drain()
-        await self.writer.drain()
+            # A peer that stops reading its replies must not hold the connection for good.
+            await asyncio.wait_for(self.writer.drain(), limits.idle_timeout)
+        await asyncio.wait_for(self.writer.drain(), limits.idle_timeout)
 
     def finish(self) -> None:
         if self.sink is not None:
