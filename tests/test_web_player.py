@@ -136,3 +136,22 @@ def test_page_lists_and_plays_stream(gateway: RunningGateway, browser: Any) -> N
         proc.kill()
         proc.communicate(timeout=10)
 
+
+
+@pytest.mark.slow
+def test_network_panel_lists_orchestrators(gateway_factory: Callable[..., RunningGateway], browser: Any,
+                                           orchestrators: Callable[..., Any]) -> None:
+    orch = orchestrators()
+    dead = "https://127.0.0.1:9"  # nothing listens on the discard port
+    gw = gateway_factory(orch_addr=f"{orch.url},{dead}", transcoding_options="P144p30fps16x9")
+    gw.wait_for(lambda: any(o["transcoder"] for o in gw.get("/api/orchestrators").json()), timeout=20)
+    browser.get(gw.http + "/")
+
+    def rows() -> list[str]:
+        return [str(r) for r in browser.execute_script(
+            "return Array.from(document.querySelectorAll('#orchestrators tbody tr')).map(r => r.innerText)")]
+
+    _wait(lambda: len(rows()) == 2 and any(orch.url in r and "ok" in r for r in rows()), 15,
+          lambda: f"network rows: {rows()}")
+    assert not browser.execute_script("return document.getElementById('orchestrators').hidden")
+    assert any(dead in r and "ok" not in r.split("\t")[-1] for r in rows()), rows()
