@@ -146,7 +146,8 @@ class GatewayNode:
                 selection_policy(settings), observer=self.metrics,
             )
         ice = IceSettings(
-            addresses=parse_ice_addresses(settings.webrtc_addrs), servers=parse_ice_servers(settings.webrtc_ice_servers),
+            addresses=parse_ice_addresses(settings.webrtc_addrs),
+            servers=parse_ice_servers(settings.webrtc_ice_servers),
             username=settings.webrtc_turn_username, credential=settings.webrtc_turn_password,
         )
         self.whep = WhepOutput(WhepSettings(max_sessions=settings.whep_max_sessions), ice, self._whep_available)

@@ -68,15 +68,13 @@ def _created(session_url: str, answer: str) -> Response:
                     headers={"Location": session_url, "Cache-Control": "no-store"})
 
 
-def _http_error(exc: Exception) -> HTTPException:
-    """Our exception tree in HTTP terms."""
+def _http_error(exc: StreamBusy | CapacityError | ProtocolError | BadStreamName) -> HTTPException:
+    """Our exception tree in HTTP terms: 409 busy, 503 at capacity, 400 for a bad offer or name."""
     if isinstance(exc, StreamBusy):
         return HTTPException(409, str(exc))
     if isinstance(exc, CapacityError):
         return HTTPException(503, str(exc), headers={"Retry-After": "5"})
-    if isinstance(exc, (ProtocolError, BadStreamName)):
-        return HTTPException(400, str(exc))
-    raise exc
+    return HTTPException(400, str(exc))
 
 
 def webrtc_router(whip: WhipEndpoint, whep: WhepEndpoint, whip_token: str = "") -> APIRouter:

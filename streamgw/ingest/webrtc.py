@@ -190,20 +190,18 @@ def prefer_codecs(transceiver: RTCRtpTransceiver, mime_types: list[str], *, only
     transceiver.setCodecPreferences(first + rest + rtx)
 
 
-def offered_directions(sdp: str) -> dict[int, str]:
-    """The direction of each audio/video m-section of an SDP (RFC 8866 6.7), by index."""
-    out: dict[int, str] = {}
-    index = -1
+def offered_media(sdp: str) -> list[tuple[str, str]]:
+    """(kind, direction) of each audio/video m-section of an SDP offer, in order (RFC 8866 5.14, 6.7)."""
+    out: list[tuple[str, str]] = []
     kind = ""
     for line in sdp.splitlines():
+        line = line.strip()
         if line.startswith("m="):
-            index += 1
             kind = line[2:].split(" ", 1)[0]
             if kind in ("audio", "video"):
-                out[index] = "sendrecv"
-        elif kind in ("audio", "video") and line.strip() in (
-                "a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
-            out[index] = line.strip()[2:]
+                out.append((kind, "sendrecv"))
+        elif kind in ("audio", "video") and line in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
+            out[-1] = (kind, line[2:])
     return out
 
 
@@ -402,7 +400,9 @@ class _TsEncoder:
         try:
             while (item := frames.get()) is not None:
                 if self._origin is None:
-                    self._origin = item.arrival
+                    # The session clock starts at 1 s, so that audio primed ahead of the first
+                    # picture (_prime_audio) still has a positive timestamp.
+                    self._origin = item.arrival - 1.0
                 clock = self._clocks.setdefault(item.kind, _TrackClock(self._origin))
                 default_tb = VIDEO_TB if item.kind == "video" else Fraction(1, item.frame.sample_rate or AUDIO_RATE)
                 t = clock.seconds(item.frame.pts or 0, Fraction(item.frame.time_base or default_tb), item.arrival)
@@ -430,6 +430,8 @@ class _TsEncoder:
             self._vstream.width, self._vstream.height = width, height
             self._vstream.pix_fmt = "yuv420p"
             self._vstream.time_base = VIDEO_TB
+            # The muxer opens this (idle) encoder too: keep it as small as possible.
+            self._vstream.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency"}
         if self.has_audio:
             self._astream = self._container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
             self._astream.codec_context.bit_rate = self.settings.audio_bitrate
@@ -463,6 +465,8 @@ class _TsEncoder:
         if self._container is None:
             self._open(*size)
             self._next_kf = pts
+            if self.has_audio:
+                self._prime_audio(pts)
         if self._venc is None:
             self._venc = self._new_video_encoder(*size)
         elif size != self.size:
@@ -524,6 +528,23 @@ class _TsEncoder:
             self._opus_encode(frame)
         elif self._opus is not None:
             self._opus = self._opus_resampler = None
+
+    def _prime_audio(self, video_pts: int) -> None:
+        """Mux a few AAC frames of silence ahead of the first picture.
+
+        The segmenter probes the first 32 KiB of the TS, which a 720p IDR fills on its own: unless
+        an AAC packet (whose ADTS header carries the sample rate) comes first, the audio stream is
+        probed without parameters and cannot be muxed.
+        """
+        frame_size = self._astream.codec_context.frame_size or 1024
+        self._aac_next = video_pts * AUDIO_RATE // 90000 - 3 * frame_size
+        for _ in range(3):
+            silence = av.AudioFrame(format="fltp", layout="stereo", samples=frame_size)
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            silence.sample_rate = AUDIO_RATE
+            self._mux_audio([silence])
+        self._ain = self._aac_next
 
     def _new_aac_resampler(self) -> Any:
         return av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE,
@@ -766,9 +787,12 @@ class WhipServer:
         sink: PublishSink | None = None
         try:
             session = WhipSession(self, stream, remote, pc)
-            # Our preferences must be on the transceivers before the offer is applied.
-            prefer_codecs(pc.addTransceiver("video", direction="recvonly"), ["video/H264"])
-            pc.addTransceiver("audio", direction="recvonly")
+            # Our codec preferences must be on transceivers before the offer is applied, and
+            # aiortc cannot answer with a transceiver the offer has no m-section for.
+            for kind, _ in offered_media(offer):
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+                if kind == "video":
+                    prefer_codecs(transceiver, ["video/H264"])  # cheaper to decode than VP8
             answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice, session.take_tracks),
                                             self.settings.negotiate_timeout)
             # The stream exists from here on (this also refuses a name already live).

@@ -25,6 +25,7 @@ class ByteQueue:
         self._chunks: collections.deque[tuple[bytes, float]] = collections.deque()
         self._size = 0
         self._closed = False
+        self._waiting = False  # the reader is blocked in read()
         self._cond = threading.Condition()
 
     def write(self, data: bytes) -> None:
@@ -41,7 +42,8 @@ class ByteQueue:
                 self.first_arrival = now
             self._chunks.append((data, now))
             self._size += len(data)
-            self._cond.notify()
+            if self._waiting:  # notify() costs a lock round trip: only when someone waits
+                self._cond.notify()
 
     def close(self) -> None:
         """Signal end of input; the reader drains what is queued, then sees EOF."""
@@ -58,7 +60,11 @@ class ByteQueue:
         """Return up to ``n`` bytes (at least one unless at end of input)."""
         with self._cond:
             if not self._chunks and not self._closed:
-                self._cond.wait_for(lambda: bool(self._chunks) or self._closed, self.read_timeout)
+                self._waiting = True
+                try:
+                    self._cond.wait_for(lambda: bool(self._chunks) or self._closed, self.read_timeout)
+                finally:
+                    self._waiting = False
             if not self._chunks:
                 return b""
             data, arrival = self._chunks.popleft()

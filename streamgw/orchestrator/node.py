@@ -64,6 +64,8 @@ class OrchestratorNodeSettings:
 class OrchestratorNode:
     """An orchestrator serving gRPC and HTTPS on one TLS port, transcoding in worker threads."""
 
+    GRACE = 3.0  # seconds open connections get to finish at shutdown
+
     def __init__(self, settings: OrchestratorNodeSettings) -> None:
         self.settings = settings
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -125,5 +127,20 @@ class OrchestratorNode:
         """Stop serving and the workers."""
         self._stop.set()
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            # hypercorn waits out asyncio's 30 s TLS shutdown for peers that keep their
+            # connection open; give them the graceful timeout, then cut them off.
+            done, _ = await asyncio.wait({self._task}, timeout=self.GRACE)
+            if not done:
+                # The connection tasks left behind are cancelled when the loop ends; each would
+                # log its CancelledError. The process is shutting down: keep the handler quiet.
+                asyncio.get_running_loop().set_exception_handler(_quiet_cancellation)
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """At shutdown, connection tasks we cancelled report their CancelledError: expected, not logged."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)

@@ -46,7 +46,7 @@ from streamgw.ingest.webrtc import (
     IceSettings,
     answer_offer,
     new_peer_connection,
-    offered_directions,
+    offered_media,
     prefer_codecs,
 )
 from streamgw.segment import Segment
@@ -587,15 +587,13 @@ class WhepOutput:
         relay = self._relay((stream, rendition))
         try:
             viewer = _Viewer(self, relay, remote, pc)
-            for kind, mime in (("video", "video/H264"), ("audio", "audio/opus")):
-                prefer_codecs(pc.addTransceiver(viewer.tracks[kind], direction="sendonly"), [mime], only=True)
-
-            def check() -> None:
-                if not any(d in ("recvonly", "sendrecv") for d in offered_directions(offer).values()):
-                    raise ProtocolError("the SDP offer receives neither audio nor video")
-
-            answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice, check),
-                                            self.settings.negotiate_timeout)
+            media = offered_media(offer)
+            if not any(direction in ("recvonly", "sendrecv") for _, direction in media):
+                raise ProtocolError("the SDP offer receives neither audio nor video")
+            mimes = {"video": "video/H264", "audio": "audio/opus"}
+            for kind in dict.fromkeys(kind for kind, _ in media):  # our one track of each kind
+                prefer_codecs(pc.addTransceiver(viewer.tracks[kind], direction="sendonly"), [mimes[kind]], only=True)
+            answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice), self.settings.negotiate_timeout)
             if self._closing:
                 raise CapacityError("the gateway is shutting down")
         except asyncio.TimeoutError as exc:

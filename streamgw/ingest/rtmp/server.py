@@ -160,6 +160,7 @@ class _Session:
         self.unpublished = False
         self.closing = False
         self.pending_publish: str | None = None
+        self._out = bytearray()  # FLV bytes of the current read, for the sink
         self.ack_window = 0
         self.acked = 0
 
@@ -170,25 +171,37 @@ class _Session:
         )
         self.writer.write(server_s0_s1_s2(c0c1, self.server._epoch))
         await asyncio.wait_for(self.reader.readexactly(HANDSHAKE_SIZE), limits.handshake_timeout)
-        while not self.closing:
-            data = await asyncio.wait_for(self.reader.read(65536), limits.idle_timeout)
-            if not data:
-                return
-            self.server.bytes_received += len(data)
-            for msg in self.chunks.feed(data):
-                self._on_message(msg)
-                if self.pending_publish is not None:
-                    name, self.pending_publish = self.pending_publish, None
-                    await self._open(name)
-                if self.closing:
-                    break
-            self._maybe_ack()
-            # A peer that stops reading its replies must not hold the connection for good.
-            await asyncio.wait_for(self.writer.drain(), limits.idle_timeout)
-        await asyncio.wait_for(self.writer.drain(), limits.idle_timeout)
+        loop = asyncio.get_running_loop()
+        # One idle deadline per connection, pushed forward after each read: cheaper than a
+        # wait_for (a Task and a timer) per read. It also bounds drain(), so a peer that stops
+        # reading its replies cannot hold the connection for good.
+        async with asyncio.timeout(limits.idle_timeout) as idle:
+            while not self.closing:
+                data = await self.reader.read(65536)
+                if not data:
+                    return
+                idle.reschedule(loop.time() + limits.idle_timeout)
+                self.server.bytes_received += len(data)
+                for msg in self.chunks.feed(data):
+                    self._on_message(msg)
+                    if self.pending_publish is not None:
+                        self._flush_media()
+                        name, self.pending_publish = self.pending_publish, None
+                        await self._open(name)
+                    if self.closing:
+                        break
+                self._flush_media()
+                self._maybe_ack()
+                await self.writer.drain()
+            await self.writer.drain()
 
     def finish(self) -> None:
+        """End publishing: hand over the media already read, then close the sink."""
         if self.sink is not None:
+            try:
+                self._flush_media()
+            except StreamgwError:
+                pass  # the stream already failed; closing is all that is left
             self.sink.close(clean=self.unpublished)
             self.sink = None
 
@@ -233,11 +246,16 @@ class _Session:
         # Acknowledgement, user control and peer bandwidth from a publisher need no answer.
 
     def _media(self, tag_type: int, timestamp: int, payload: bytes) -> None:
-        assert self.sink is not None
         if not self.header_sent:
-            self.sink.write(flv.header(audio=True, video=True))
+            self._out += flv.header(audio=True, video=True)
             self.header_sent = True
-        self.sink.write(flv.tag(tag_type, timestamp, payload))
+        self._out += flv.tag(tag_type, timestamp, payload)
+
+    def _flush_media(self) -> None:
+        """Hand the FLV bytes of one read to the sink at once (one wake-up of its thread)."""
+        if self._out and self.sink is not None:
+            self.sink.write(bytes(self._out))
+        self._out.clear()
 
     def _on_aggregate(self, msg: chunk.Message) -> None:
         # An aggregate message is a run of FLV tags (RTMP spec 7.1.6); timestamps are offset so
@@ -269,9 +287,9 @@ class _Session:
             keys = items if isinstance(items, dict) else {}
             has_video = "videocodecid" in keys or not keys
             has_audio = "audiocodecid" in keys or not keys
-            self.sink.write(flv.header(audio=has_audio, video=has_video))
+            self._out += flv.header(audio=has_audio, video=has_video)
             self.header_sent = True
-            self.sink.write(flv.tag(flv.TAG_SCRIPT, 0, amf0.encode("onMetaData", meta)))
+            self._out += flv.tag(flv.TAG_SCRIPT, 0, amf0.encode("onMetaData", meta))
 
     def _on_command(self, values: list[amf0.Value]) -> None:
         if len(values) < 2 or not isinstance(values[0], str):
