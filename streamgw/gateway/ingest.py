@@ -53,13 +53,13 @@ class _Publisher:
         self.closed = False
         self.clean = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, urgent: bool = True) -> None:
         if self.error is not None:
             raise self.error
         self.stream.bytes_in += len(data)
         self.ingest.observer.on_bytes(len(data))
         try:
-            self.queue.write(data)
+            self.queue.write(data, urgent=urgent)
         except MediaError as exc:
             self.error = exc
             raise

@@ -15,20 +15,33 @@ class ByteQueue:
     ``write`` never blocks: past ``max_bytes`` unread it raises :class:`MediaError`, because a
     passthrough segmenter cannot drop bytes without corrupting the stream. ``read`` blocks until
     data, end of input, or ``read_timeout`` seconds pass (then it reports end of input).
+
+    Waking the reader thread costs the writer a GIL hand-off, so once the reader calls
+    :meth:`batch` (after probing) writes wake it only when they are ``urgent`` (a keyframe that
+    may close a segment) or when ``wake_bytes`` are pending; otherwise the reader picks data up
+    within ``batch_interval`` seconds on its own.
     """
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024, read_timeout: float = 60.0) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, read_timeout: float = 60.0,
+                 wake_bytes: int = 256 * 1024, batch_interval: float = 0.25) -> None:
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        self.wake_bytes = wake_bytes
+        self.batch_interval = batch_interval
         self.last_arrival = 0.0  # time.monotonic() when the last consumed bytes were written
         self.first_arrival = 0.0  # time.monotonic() when the first bytes were written
         self._chunks: collections.deque[tuple[bytes, float]] = collections.deque()
         self._size = 0
         self._closed = False
+        self._batching = False
         self._waiting = False  # the reader is blocked in read()
         self._cond = threading.Condition()
 
-    def write(self, data: bytes) -> None:
+    def batch(self) -> None:
+        """From now on, wake the reader only for urgent writes or a full batch."""
+        self._batching = True
+
+    def write(self, data: bytes, *, urgent: bool = True) -> None:
         """Queue ``data`` for the reader."""
         if not data:
             return
@@ -42,7 +55,7 @@ class ByteQueue:
                 self.first_arrival = now
             self._chunks.append((data, now))
             self._size += len(data)
-            if self._waiting:  # notify() costs a lock round trip: only when someone waits
+            if self._waiting and (urgent or not self._batching or self._size >= self.wake_bytes):
                 self._cond.notify()
 
     def close(self) -> None:
@@ -59,16 +72,28 @@ class ByteQueue:
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` bytes (at least one unless at end of input)."""
         with self._cond:
-            if not self._chunks and not self._closed:
+            deadline = time.monotonic() + self.read_timeout
+            while not self._chunks and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 self._waiting = True
                 try:
-                    self._cond.wait_for(lambda: bool(self._chunks) or self._closed, self.read_timeout)
+                    self._cond.wait(min(left, self.batch_interval) if self._batching else left)
                 finally:
                     self._waiting = False
             if not self._chunks:
                 return b""
+            if n < 0 or n >= self._size:
+                # Hand over everything queued at once: fewer, larger reads for the demuxer.
+                parts = list(self._chunks)
+                self._chunks.clear()
+                data = b"".join(p[0] for p in parts) if len(parts) > 1 else parts[0][0]
+                self.last_arrival = parts[-1][1]
+                self._size = 0
+                return data
             data, arrival = self._chunks.popleft()
-            if 0 < n < len(data):
+            if len(data) > n:
                 self._chunks.appendleft((data[n:], arrival))
                 data = data[:n]
             self._size -= len(data)

@@ -35,6 +35,9 @@ class ByteSource(Protocol):
 
     def read(self, n: int = -1) -> bytes: ...
 
+    def batch(self) -> None:
+        """Probing is over: deliver data in batches (keyframes still at once)."""
+
 
 @dataclass(frozen=True, slots=True)
 class MediaInfo:
@@ -123,6 +126,7 @@ class Segmenter:
         except (av.error.FFmpegError, EOFError) as exc:
             raise MediaError(f"cannot open published stream: {exc}") from exc
         self._probed = time.monotonic() - max(started, source.first_arrival)
+        source.batch()
         try:
             self._segment(container, source)
         except av.error.FFmpegError as exc:

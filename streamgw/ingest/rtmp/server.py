@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +40,11 @@ _U32 = struct.Struct(">I")
 class PublishSink(Protocol):
     """Where a publishing session's FLV bytes go."""
 
-    def write(self, data: bytes) -> None:
-        """Take FLV bytes; raises :class:`StreamgwError` when the stream has failed."""
+    def write(self, data: bytes, *, urgent: bool = True) -> None:
+        """Take FLV bytes; raises :class:`StreamgwError` when the stream has failed.
+
+        ``urgent`` is false when the bytes hold no keyframe: the consumer may batch them.
+        """
 
     def close(self, *, clean: bool) -> None:
         """The publisher is gone: ``clean`` when it unpublished, false when it dropped."""
@@ -67,7 +71,8 @@ class RtmpServer:
         self._open_publisher = open_publisher
         self.limits = limits or RtmpLimits()
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions: set[_Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # publishes being opened
         self._epoch = time.monotonic()
         self.bytes_received = 0
         self.connections_total = 0
@@ -76,7 +81,7 @@ class RtmpServer:
     @property
     def active_connections(self) -> int:
         """Connections currently open."""
-        return len(self._tasks)
+        return len(self._sessions)
 
     @property
     def port(self) -> int:
@@ -86,7 +91,8 @@ class RtmpServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting."""
-        self._server = await asyncio.start_server(self._accept, host, port, limit=2**16)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Session(self), host, port, backlog=512)
 
     async def close(self) -> None:
         """Stop accepting and end every connection."""
@@ -94,63 +100,28 @@ class RtmpServer:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.abort()
+        if sessions:
+            await asyncio.gather(*(asyncio.shield(s.closed) for s in sessions), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = writer.get_extra_info("peername")
-        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self._tasks) >= self.limits.max_connections:
-            log.warning("refusing RTMP connection from %s: %d connections open", remote, len(self._tasks))
-            writer.close()
-            return
-        self._tasks.add(task)
-        self.connections_total += 1
-        session = _Session(self, reader, writer, remote)
-        try:
-            await session.run()
-        except asyncio.CancelledError:
-            pass
-        except (RtmpError, ProtocolError) as exc:
-            self.protocol_errors += 1
-            log.warning("RTMP %s: protocol error: %s", remote, exc)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.info("RTMP %s: connection ended: %s", remote, exc.__class__.__name__)
-        except StreamgwError as exc:
-            log.warning("RTMP %s: %s", remote, exc)
-        except Exception:
-            log.exception("RTMP %s: unexpected error", remote)
-        finally:
-            session.finish()
-            writer.close()
-            try:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 1.0)
-            finally:
-                # close() waits to flush what is buffered: a peer that reads nothing would keep
-                # the socket open for good.
-                writer.transport.abort()
-                self._tasks.discard(task)
 
+class _Session(asyncio.Protocol):
+    """One RTMP connection: handshake, then chunk stream; what it connected to and publishes.
 
-class _Session:
-    """One RTMP connection's state: what it connected to, what it publishes."""
+    An ``asyncio.Protocol`` rather than a stream reader: bytes go from ``data_received`` straight
+    into the sans-I/O chunk parser, with no task wake-up per read (the per-stream CPU cost).
+    """
 
-    def __init__(
-        self,
-        server: RtmpServer,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        remote: str,
-    ) -> None:
+    def __init__(self, server: RtmpServer) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.remote = remote
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.remote = "?"
+        self.closed: asyncio.Future[None] = self.loop.create_future()
         self.chunks = chunk.ChunkReader(max_message_size=server.limits.max_message_size)
         self.out = chunk.ChunkWriter()
         self.app: str | None = None
@@ -161,39 +132,173 @@ class _Session:
         self.closing = False
         self.pending_publish: str | None = None
         self._out = bytearray()  # FLV bytes of the current read, for the sink
+        self._urgent = False  # _out holds a keyframe
         self.ack_window = 0
         self.acked = 0
+        self._handshake: bytearray | None = bytearray()  # None once the handshake is done
+        self._opening = False  # a publish is being opened: input waits in _backlog
+        self._backlog: list[bytes] = []
+        self._last_read = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def run(self) -> None:
+    # --- connection lifecycle ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if len(self.server._sessions) >= self.server.limits.max_connections:
+            log.warning("refusing RTMP connection from %s: %d connections open", self.remote,
+                        len(self.server._sessions))
+            transport.abort()
+            return
+        self.server._sessions.add(self)
+        self.server.connections_total += 1
+        self._timer = self.loop.call_later(self.server.limits.handshake_timeout, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
         limits = self.server.limits
-        c0c1 = await asyncio.wait_for(
-            self.reader.readexactly(1 + HANDSHAKE_SIZE), limits.handshake_timeout
-        )
-        self.writer.write(server_s0_s1_s2(c0c1, self.server._epoch))
-        await asyncio.wait_for(self.reader.readexactly(HANDSHAKE_SIZE), limits.handshake_timeout)
-        loop = asyncio.get_running_loop()
-        # One idle deadline per connection, pushed forward after each read: cheaper than a
-        # wait_for (a Task and a timer) per read. It also bounds drain(), so a peer that stops
-        # reading its replies cannot hold the connection for good.
-        async with asyncio.timeout(limits.idle_timeout) as idle:
-            while not self.closing:
-                data = await self.reader.read(65536)
+        now = self.loop.time()
+        if self._handshake is not None:
+            log.info("RTMP %s: connection ended: handshake not finished in %.0f s", self.remote,
+                     limits.handshake_timeout)
+            self.abort()
+            return
+        idle = now - self._last_read
+        if idle >= limits.idle_timeout:
+            log.info("RTMP %s: connection ended: nothing received for %.0f s", self.remote, idle)
+            self.abort()
+            return
+        # A peer that stops reading our replies must not hold the connection for good.
+        assert self.transport is not None
+        if self.transport.get_write_buffer_size() > 1024 * 1024:
+            log.info("RTMP %s: connection ended: peer does not read", self.remote)
+            self.abort()
+            return
+        self._timer = self.loop.call_later(limits.idle_timeout - idle, self._check_timeouts)
+
+    def abort(self) -> None:
+        """Drop the connection now, with a TCP reset: unsent replies are discarded, not flushed."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+
+    def _close(self) -> None:
+        """Close after what is written is sent (bounded: aborted after a second)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+            self.loop.call_later(1.0, self.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self.finish()
+        except Exception:  # noqa: BLE001 - a sink bug must not leak the session
+            log.exception("RTMP %s: error while closing", self.remote)
+        self.server._sessions.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- input ---
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._last_read = self.loop.time()
+        self.server.bytes_received += len(data)
+        try:
+            if self._handshake is not None:
+                data = self._handshake_step(data)
                 if not data:
                     return
-                idle.reschedule(loop.time() + limits.idle_timeout)
-                self.server.bytes_received += len(data)
-                for msg in self.chunks.feed(data):
-                    self._on_message(msg)
-                    if self.pending_publish is not None:
-                        self._flush_media()
-                        name, self.pending_publish = self.pending_publish, None
-                        await self._open(name)
-                    if self.closing:
-                        break
+            if self._opening:
+                self._backlog.append(data)
+                return
+            self._process(self.chunks.feed(data))
+        except (RtmpError, ProtocolError) as exc:
+            self.server.protocol_errors += 1
+            log.warning("RTMP %s: protocol error: %s", self.remote, exc)
+            self.abort()
+        except StreamgwError as exc:
+            log.warning("RTMP %s: %s", self.remote, exc)
+            self.abort()
+        except Exception:
+            log.exception("RTMP %s: unexpected error", self.remote)
+            self.abort()
+
+    def _handshake_step(self, data: bytes) -> bytes:
+        """Consume handshake bytes; returns what follows the handshake."""
+        assert self._handshake is not None and self.transport is not None
+        before = len(self._handshake)
+        self._handshake += data
+        c0c1 = 1 + HANDSHAKE_SIZE
+        if before < c0c1 <= len(self._handshake):
+            self.transport.write(server_s0_s1_s2(bytes(self._handshake[:c0c1]), self.server._epoch))
+        if len(self._handshake) < c0c1 + HANDSHAKE_SIZE:
+            return b""
+        rest = bytes(self._handshake[c0c1 + HANDSHAKE_SIZE :])
+        self._handshake = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.server.limits.idle_timeout, self._check_timeouts)
+        return rest
+
+    def _process(self, messages: list[chunk.Message]) -> None:
+        for i, msg in enumerate(messages):
+            self._on_message(msg)
+            if self.pending_publish is not None:
                 self._flush_media()
-                self._maybe_ack()
-                await self.writer.drain()
-            await self.writer.drain()
+                name, self.pending_publish = self.pending_publish, None
+                self._opening = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+                task = self.loop.create_task(self._open_then(name, messages[i + 1 :]))
+                self.server._tasks.add(task)
+                task.add_done_callback(self.server._tasks.discard)
+                return
+            if self.closing:
+                break
+        self._flush_media()
+        self._maybe_ack()
+        if self.closing:
+            self._close()
+
+    async def _open_then(self, name: str, rest: list[chunk.Message]) -> None:
+        """Open the publish target, then go on with the input that arrived meanwhile."""
+        try:
+            await self._open(name)
+        finally:
+            self._opening = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.closing:  # the publish was refused: the status is written, now close
+            self._close()
+            return
+        backlog, self._backlog = self._backlog, []
+        try:
+            self._process(rest)
+            for data in backlog:
+                if self.closing or self._opening:
+                    if self._opening:
+                        self._backlog.append(data)
+                    continue
+                self._process(self.chunks.feed(data))
+        except (RtmpError, ProtocolError) as exc:
+            self.server.protocol_errors += 1
+            log.warning("RTMP %s: protocol error: %s", self.remote, exc)
+            self.abort()
+            return
+        except StreamgwError as exc:
+            log.warning("RTMP %s: %s", self.remote, exc)
+            self.abort()
+            return
+        if not self._opening and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def finish(self) -> None:
         """End publishing: hand over the media already read, then close the sink."""
@@ -208,7 +313,8 @@ class _Session:
     # --- outgoing ---
 
     def _send(self, csid: int, type_id: int, stream_id: int, payload: bytes) -> None:
-        self.writer.write(self.out.encode(csid, type_id, stream_id, 0, payload))
+        assert self.transport is not None
+        self.transport.write(self.out.encode(csid, type_id, stream_id, 0, payload))
 
     def _command(self, *values: amf0.Value, stream_id: int = 0) -> None:
         csid = _CSID_STATUS if stream_id else _CSID_COMMAND
@@ -249,13 +355,16 @@ class _Session:
         if not self.header_sent:
             self._out += flv.header(audio=True, video=True)
             self.header_sent = True
+        if tag_type == flv.TAG_VIDEO and flv.is_video_keyframe(payload):
+            self._urgent = True  # it may close a segment: the segmenter should see it now
         self._out += flv.tag(tag_type, timestamp, payload)
 
     def _flush_media(self) -> None:
         """Hand the FLV bytes of one read to the sink at once (one wake-up of its thread)."""
         if self._out and self.sink is not None:
-            self.sink.write(bytes(self._out))
+            self.sink.write(bytes(self._out), urgent=self._urgent)
         self._out.clear()
+        self._urgent = False
 
     def _on_aggregate(self, msg: chunk.Message) -> None:
         # An aggregate message is a run of FLV tags (RTMP spec 7.1.6); timestamps are offset so

@@ -1,0 +1,513 @@
+"""WHIP ingest and WHEP playback: real aiortc peers on 127.0.0.1 against an in-process gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import io
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streamgw.config import load_settings
+from streamgw.errors import ConfigError
+from streamgw.ingest.webrtc import IceSettings, gather_candidates, new_peer_connection, parse_ice_addresses
+from streamgw.output.whep import WhepOutput, WhepSettings, _Relay, _ViewerQueue
+from tests.conftest import RunningGateway, start_publish
+
+LOOPBACK = IceSettings()  # host candidates on 127.0.0.1 only, no STUN
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated media
+
+
+class Pattern(MediaStreamTrack):
+    """30 fps video: a white bar moving over grey; the size changes after ``switch_after`` frames."""
+
+    kind = "video"
+
+    def __init__(self, size: tuple[int, int] = (320, 240), switch_after: int | None = None,
+                 size2: tuple[int, int] = (480, 360)) -> None:
+        super().__init__()
+        self.size, self.size2, self.switch_after = size, size2, switch_after
+        self.n = 0
+        self._start = 0.0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.n == 0:
+            self._start = time.time()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self.n / 30 - time.time()))
+        w, h = self.size2 if self.switch_after is not None and self.n >= self.switch_after else self.size
+        img = np.full((h, w, 3), 96, np.uint8)
+        x = (self.n * 6) % (w - 16)
+        img[:, x:x + 16] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = self.n * 3000
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.n += 1
+        return frame
+
+
+class Tone(MediaStreamTrack):
+    """A 440 Hz sine, 20 ms stereo frames at 48 kHz."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self._start = 0.0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.n == 0:
+            self._start = time.time()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self.n * 0.02 - time.time()))
+        t = (np.arange(960) + self.n * 960) / 48000
+        wave = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(wave, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = self.n * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.n += 1
+        return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+
+async def _post(url: str, sdp: str, *, token: str | None = None, content_type: str = "application/sdp"
+                ) -> httpx.Response:
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient(timeout=20) as client:
+        return await client.post(url, content=sdp, headers=headers)
+
+
+async def _delete(url: str, *, token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=20) as client:
+        return await client.delete(url, headers=headers)
+
+
+async def publisher_offer(video: MediaStreamTrack | None = None, audio: MediaStreamTrack | None = None
+                          ) -> RTCPeerConnection:
+    """A publishing peer with its offer set as local description (candidates on 127.0.0.1)."""
+    pc = new_peer_connection(LOOPBACK)
+    for track in (video, audio):
+        if track is not None:
+            pc.addTransceiver(track, direction="sendonly")
+    await gather_candidates(pc, LOOPBACK.addresses)
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+async def viewer_offer(video_codecs: list[str] | None = None) -> RTCPeerConnection:
+    """A receiving peer (recvonly video + audio) with its offer set as local description."""
+    pc = new_peer_connection(LOOPBACK)
+    tv = pc.addTransceiver("video", direction="recvonly")
+    if video_codecs is not None:
+        caps = RTCRtpSender.getCapabilities("video")
+        assert caps is not None
+        tv.setCodecPreferences([c for c in caps.codecs if c.mimeType in video_codecs])
+    pc.addTransceiver("audio", direction="recvonly")
+    await gather_candidates(pc, LOOPBACK.addresses)
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+async def connect(pc: RTCPeerConnection, response: httpx.Response) -> None:
+    """Apply the 201 answer and wait (bounded) for the connection."""
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/sdp")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+    deadline = time.monotonic() + 10
+    while pc.connectionState != "connected":
+        assert time.monotonic() < deadline, f"peer is {pc.connectionState}"
+        await asyncio.sleep(0.05)
+
+
+async def receive(pc: RTCPeerConnection, seconds: float) -> dict[str, list[Any]]:
+    """Frames received on every track for ``seconds``."""
+    got: dict[str, list[Any]] = {"video": [], "audio": []}
+
+    async def pump(track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                got[track.kind].append(await track.recv())
+
+    tasks = [asyncio.create_task(pump(t.receiver.track)) for t in pc.getTransceivers() if t.receiver.track]
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return got
+
+
+def run(coro: Any) -> Any:
+    """Run one client scenario on its own event loop (the gateway has its own, in a thread)."""
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+# ---------------------------------------------------------------------------------------------
+# HLS checks
+
+
+def hls_segments(gw: RunningGateway, name: str) -> list[bytes]:
+    playlist = gw.get(f"/stream/{name}/source.m3u8")
+    assert playlist.status_code == 200, playlist.text
+    uris = [line for line in playlist.text.splitlines() if line and not line.startswith("#")]
+    return [gw.get(f"/stream/{name}/{uri}").content for uri in uris]
+
+
+def probe(segment: bytes) -> dict[str, Any]:
+    """What a segment holds: the first video packet's keyframe flag, decoded sizes, audio level."""
+    with av.open(io.BytesIO(segment), format="mpegts") as c:
+        kinds = sorted(s.type for s in c.streams)
+        first = next(p for p in c.demux(video=0) if p.size)
+    sizes: set[tuple[int, int]] = set()
+    frames = 0
+    with av.open(io.BytesIO(segment), format="mpegts") as c:
+        for frame in c.decode(video=0):
+            sizes.add((frame.width, frame.height))
+            frames += 1
+    with av.open(io.BytesIO(segment), format="mpegts") as c:
+        codec = c.streams.audio[0].codec_context.name if c.streams.audio else None
+        pcm = [f.to_ndarray() for f in c.decode(audio=0)] if c.streams.audio else []
+    rms = float(np.sqrt(np.mean(np.concatenate([p.ravel() for p in pcm]) ** 2))) if pcm else 0.0
+    return {"kinds": kinds, "keyframe_first": first.is_keyframe, "sizes": sizes, "frames": frames,
+            "audio_codec": codec, "audio_rms": rms}
+
+
+# ---------------------------------------------------------------------------------------------
+# WHIP -> HLS
+
+
+def test_whip_publish_becomes_hls_with_video_and_audio(gateway: RunningGateway) -> None:
+    gw = gateway
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Pattern(switch_after=75), Tone())
+        r = await _post(gw.http + "/whip/cam1", pc.localDescription.sdp)
+        assert r.status_code == 201, r.text
+        location = r.headers["location"]
+        assert location.startswith("/whip/session/")
+        answer_candidates = [ln for ln in r.text.splitlines() if ln.startswith("a=candidate:")]
+        assert answer_candidates and all(" 127.0.0.1 " in c and "typ host" in c for c in answer_candidates)
+        assert "a=end-of-candidates" in r.text  # not trickle: everything is in the answer
+        await connect(pc, r)
+        await asyncio.sleep(5.5)
+        stream = (await asyncio.to_thread(gw.get, "/api/streams/cam1")).json()
+        assert stream["state"] == "live" and stream["publisher"].startswith("whip:")
+        assert stream["video_codec"] == "h264" and stream["audio_codec"] == "aac"
+        assert (await _delete(gw.http + location)).status_code == 200
+        assert (await _delete(gw.http + location)).status_code == 404
+        await pc.close()
+
+    run(scenario())
+    gw.wait_for(lambda: gw.get("/api/streams/cam1").json()["state"] == "ended", 10, "the stream to end")
+    playlist = gw.get("/stream/cam1/source.m3u8").text
+    assert "#EXT-X-ENDLIST" in playlist
+    segments = hls_segments(gw, "cam1")
+    assert len(segments) >= 2, playlist
+    probes = [probe(s) for s in segments]
+    for p in probes:
+        assert p["kinds"] == ["audio", "video"], p
+        assert p["keyframe_first"], p
+        assert p["frames"] > 0 and len(p["sizes"]) == 1, p  # one resolution per segment
+        assert p["audio_codec"] == "aac" and p["audio_rms"] > 0.01, p
+    # Durations follow the target (2 s, a keyframe every 2 s on the clock), the last one shorter.
+    durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
+    assert all(abs(d - 2.0) < 0.25 for d in durations[:-1]), durations
+    # The publisher went from 320x240 to 480x360 at 2.5 s: the switch happens at a segment start.
+    sizes = [next(iter(p["sizes"])) for p in probes]
+    assert sizes[0] == (320, 240) and sizes[-1] == (480, 360), sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# WHEP
+
+
+def test_whep_viewers_of_a_whip_stream_get_frames(gateway: RunningGateway) -> None:
+    gw = gateway
+
+    async def scenario() -> None:
+        pub = await publisher_offer(Pattern(), Tone())
+        r = await _post(gw.http + "/whip/live1", pub.localDescription.sdp)
+        await connect(pub, r)
+        viewers = []
+        for _ in range(2):
+            v = await viewer_offer()
+            vr = await _post(gw.http + "/whep/live1", v.localDescription.sdp)
+            assert vr.headers["location"].startswith("/whep/session/")
+            assert "H264" in vr.text and "opus" in vr.text.lower()
+            await connect(v, vr)
+            viewers.append((v, vr.headers["location"]))
+        results = await asyncio.gather(*(receive(v, 3.0) for v, _ in viewers))
+        for got in results:
+            # Frames start at the IDR the new viewer asked for, well before the next 2 s keyframe.
+            assert len(got["video"]) >= 45, len(got["video"])
+            assert {(f.width, f.height) for f in got["video"]} == {(320, 240)}
+            assert len(got["audio"]) >= 100, len(got["audio"])
+            level = np.abs(got["audio"][-1].to_ndarray()).max()
+            assert level > 1000, level
+        for v, location in viewers:
+            assert (await _delete(gw.http + location)).status_code == 200
+            await v.close()
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        await pub.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("b_frames", [False, True], ids=["passthrough", "bframes-reencoded"])
+def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool) -> None:
+    gw = gateway
+    extra = ["-x264-params", "bframes=2:b-adapt=0"] if b_frames else None
+    proc = start_publish(gw.rtmp_url("rtmp1"), seconds=20, extra=extra)
+    try:
+        gw.wait_for(lambda: gw.get("/api/streams/rtmp1").status_code == 200, 10, "the RTMP stream")
+
+        async def scenario() -> None:
+            v = await viewer_offer()
+            vr = await _post(gw.http + "/whep/rtmp1/source", v.localDescription.sdp)
+            await connect(v, vr)
+            got = await receive(v, 6.0)  # up to one segment until the first, then real time
+            assert len(got["video"]) >= 60, len(got["video"])
+            assert {(f.width, f.height) for f in got["video"]} == {(640, 360)}
+            assert len(got["audio"]) >= 50, len(got["audio"])
+            # One relay for the stream, fed from segments; it re-encodes only for B-frames.
+            relays = await asyncio.to_thread(gw.call, lambda: dict(gw.node.whep.relays))
+            relay = relays[("rtmp1", "source")]
+            assert relay.feeder is not None and relay.feeder._worker.reencode == b_frames
+            await v.close()
+
+        run(scenario())
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_slow_viewer_drops_and_never_slows_the_others() -> None:
+    async def scenario() -> None:
+        output = WhepOutput(WhepSettings(viewer_queue=10), LOOPBACK, lambda s, r: True)
+        relay = _Relay(output, ("s", "source"))
+        requests: list[int] = []
+        relay.keyframe_source = lambda: requests.append(1)
+
+        class Viewer:
+            def __init__(self) -> None:
+                self.queues = {k: _ViewerQueue(k, 10, relay.request_keyframe) for k in ("video", "audio")}
+
+            def push(self, out: Any, packet: Any) -> None:
+                self.queues[out.kind].push(packet, out.keyframe)
+
+        fast, slow = Viewer(), Viewer()
+        relay.viewers.update({fast, slow})  # type: ignore[arg-type]
+        for v in (fast, slow):
+            for q in v.queues.values():
+                q.started = True
+        received = []
+        from streamgw.output.whep import _Out
+
+        for i in range(300):
+            relay.publish(_Out("video", b"\x00\x00\x00\x01\x65", i * 3000, i % 60 == 0,
+                               fractions.Fraction(i, 30)))
+            relay.publish(_Out("audio", b"\xfc", i * 960, True, fractions.Fraction(i, 50)))
+            received.append(await fast.queues["video"].get())  # the fast one keeps up
+            await fast.queues["audio"].get()
+        assert len(received) == 300 and fast.queues["video"].dropped == 0
+        sq = slow.queues
+        assert len(sq["video"]._items) <= 10 and len(sq["audio"]._items) <= 10
+        assert sq["video"].dropped > 250 and sq["audio"].dropped == 290
+        assert requests  # the lagging viewer asked for a keyframe to resume at
+        # Video resumes only at a keyframe: whatever is queued starts with one.
+        first = sq["video"]._items[0] if sq["video"]._items else None
+        assert first is None or first.pts % (60 * 3000) == 0
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_whip_errors(gateway_factory: Callable[..., RunningGateway]) -> None:
+    gw = gateway_factory(whip_max_sessions=2)
+    url = gw.http + "/whip/"
+
+    async def scenario() -> None:
+        # 415: not application/sdp.
+        r = await _post(url + "e1", "v=0\r\n", content_type="text/plain")
+        assert r.status_code == 415
+        # 400: not SDP, and SDP that is not a usable offer.
+        assert (await _post(url + "e1", "hello")).status_code == 400
+        bad = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        r = await _post(url + "e1", bad)
+        assert r.status_code == 400, r.text
+        viewer = await viewer_offer()  # recvonly: it would publish nothing
+        r = await _post(url + "e1", viewer.localDescription.sdp)
+        assert r.status_code == 400 and "neither audio nor video" in r.text, r.text
+        await viewer.close()
+        # 201, then 409 for the same name while it is live.
+        a = await publisher_offer(Pattern())
+        r1 = await _post(url + "busy", a.localDescription.sdp)
+        assert r1.status_code == 201
+        b = await publisher_offer(Pattern())
+        r = await _post(url + "busy", b.localDescription.sdp)
+        assert r.status_code == 409, r.text
+        # 503 at capacity (whip_max_sessions=2).
+        c = await publisher_offer(Pattern())
+        r2 = await _post(url + "other", c.localDescription.sdp)
+        assert r2.status_code == 201
+        r = await _post(url + "third", b.localDescription.sdp)
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        # 405 for trickle ICE, 404 for an unknown session.
+        async with httpx.AsyncClient(timeout=10) as client:
+            p = await client.patch(gw.http + r1.headers["location"], content="a=end-of-candidates\r\n",
+                                   headers={"Content-Type": "application/trickle-ice-sdpfrag"})
+            assert p.status_code == 405
+        assert (await _delete(gw.http + "/whip/session/nope")).status_code == 404
+        for resp in (r1, r2):
+            assert (await _delete(gw.http + resp.headers["location"])).status_code == 200
+        for pc in (a, b, c):
+            await pc.close()
+
+    run(scenario())
+
+
+def test_whip_bearer_token(gateway_factory: Callable[..., RunningGateway]) -> None:
+    gw = gateway_factory(whip_token="s3cret")
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Pattern())
+        offer = pc.localDescription.sdp
+        r = await _post(gw.http + "/whip/tok", offer)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        r = await _post(gw.http + "/whip/tok", offer, token="wrong")
+        assert r.status_code == 403
+        r = await _post(gw.http + "/whip/tok", offer, token="s3cret")
+        assert r.status_code == 201, r.text
+        location = gw.http + r.headers["location"]
+        assert (await _delete(location)).status_code == 401  # the session needs the token too
+        assert (await _delete(location, token="s3cret")).status_code == 200
+        await pc.close()
+
+    run(scenario())
+
+
+def test_whep_errors(gateway_factory: Callable[..., RunningGateway]) -> None:
+    gw = gateway_factory(whep_max_sessions=1)
+
+    async def scenario() -> None:
+        viewer = await viewer_offer()
+        offer = viewer.localDescription.sdp
+        # 404: no such stream.
+        r = await _post(gw.http + "/whep/nothing", offer)
+        assert r.status_code == 404, r.text
+        pub = await publisher_offer(Pattern(), Tone())
+        pr = await _post(gw.http + "/whip/w1", pub.localDescription.sdp)
+        await connect(pub, pr)
+        # 404: a rendition the stream does not have; 415; 400.
+        assert (await _post(gw.http + "/whep/w1/720p", offer)).status_code == 404
+        assert (await _post(gw.http + "/whep/w1", offer, content_type="text/plain")).status_code == 415
+        assert (await _post(gw.http + "/whep/w1", "garbage")).status_code == 400
+        vp8_only = await viewer_offer(["video/VP8"])
+        r = await _post(gw.http + "/whep/w1", vp8_only.localDescription.sdp)
+        assert r.status_code == 400, r.text  # WHEP sends H.264 only (no encode per viewer)
+        r = await _post(gw.http + "/whep/w1", pub.localDescription.sdp)  # a sendonly offer
+        assert r.status_code == 400 and "neither" in r.text, r.text
+        # 201, then 503 at capacity (whep_max_sessions=1).
+        r = await _post(gw.http + "/whep/w1", offer)
+        assert r.status_code == 201
+        other = await viewer_offer()
+        r2 = await _post(gw.http + "/whep/w1", other.localDescription.sdp)
+        assert r2.status_code == 503
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        assert (await _delete(gw.http + "/whep/session/nope")).status_code == 404
+        assert (await _delete(gw.http + pr.headers["location"])).status_code == 200
+        for pc in (viewer, pub, vp8_only, other):
+            await pc.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# ICE settings
+
+
+def test_advertised_address_and_no_stun(gateway_factory: Callable[..., RunningGateway]) -> None:
+    gw = gateway_factory(webrtc_addrs="203.0.113.7=127.0.0.1")
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Pattern())
+        r = await _post(gw.http + "/whip/nat", pc.localDescription.sdp)
+        assert r.status_code == 201
+        candidates = [ln for ln in r.text.splitlines() if ln.startswith("a=candidate:")]
+        # One host candidate, naming the public address; no srflx/relay: no STUN was asked.
+        assert len(candidates) == 1 and " 203.0.113.7 " in candidates[0] and "typ host" in candidates[0]
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        await pc.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("spec", ["", "localhost", "1.2.3.4=nope", "300.1.1.1"])
+def test_bad_webrtc_addrs_are_config_errors(spec: str) -> None:
+    with pytest.raises(ConfigError, match="webrtc_addrs"):
+        load_settings(None, {"webrtc_addrs": spec}, environ={})
+    with pytest.raises(ConfigError):
+        parse_ice_addresses(spec)
+
+
+def test_ice_servers_setting() -> None:
+    with pytest.raises(ConfigError, match="webrtc_ice_servers"):
+        load_settings(None, {"webrtc_ice_servers": "http://example.org"}, environ={})
+    s = load_settings(None, {"webrtc_ice_servers": "stun:127.0.0.1:3478"}, environ={})
+    assert s.webrtc_ice_servers == "stun:127.0.0.1:3478"
+    assert parse_ice_addresses("127.0.0.1,*,203.0.113.7=10.0.0.5")[2].advertise == "203.0.113.7"
+
+
+def test_audio_parameters_come_before_a_large_first_picture() -> None:
+    """The segmenter probes 32 KiB: a 720p IDR alone fills that, so AAC must be muxed ahead of it."""
+    from streamgw.ingest.webrtc import WhipSettings, _FrameQueue, _Item, _TsEncoder
+
+    buf = io.BytesIO()
+    encoder = _TsEncoder(WhipSettings(), True, True, write=buf.write, tee_video=lambda *a: None,
+                         tee_audio=lambda *a: None, tee_active=lambda: False)
+    frames = _FrameQueue(1000)
+    t0 = time.monotonic()
+    rng = np.random.default_rng(1)
+    for i in range(20):  # noise: the IDR is far over 32 KiB; the audio arrives 0.3 s late
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (720, 1280, 3), np.uint8), format="rgb24")
+        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
+        frames.put(_Item("video", frame, t0 + i / 30))
+    for i in range(10):
+        audio = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
+        audio.sample_rate, audio.pts, audio.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
+        frames.put(_Item("audio", audio, t0 + 0.3 + i / 50))
+    frames.close()
+    encoder.run(frames)
+    data = buf.getvalue()
+    assert len(data) > 3 * 32768
+    with av.open(io.BytesIO(data), format="mpegts",
+                 options={"analyzeduration": "100000", "probesize": "32768"}) as c:
+        assert c.streams.audio and c.streams.audio[0].codec_context.sample_rate == 48000
+        assert c.streams.video[0].codec_context.width == 1280
