@@ -106,6 +106,7 @@ def test_transcodes_a_ladder_over_tls(tmp_path: Path, source_segments: list[Segm
             caps = Capabilities.from_proto(info.capabilities).ids
             assert {Capability.H264, Capability.MPEGTS, Capability.AUTH_TOKEN} <= caps
             assert info.price_info.pixelsPerUnit > 0
+            assert [(h.pipeline, h.model_id) for h in info.hardware] == [("transcode", "libx264-cpu")]
             src = source_segments[1]
             answer = await h.client.submit(info, _meta(src, info), src.data, src.duration_seconds)
             assert answer.result.seq == src.seq

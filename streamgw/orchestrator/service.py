@@ -136,6 +136,8 @@ class OrchestratorService:
         info.capabilities.CopyFrom(self.capabilities.to_proto())
         info.capabilities.capacities[int(Capability.H264)] = self.settings.max_concurrent
         info.auth_token.CopyFrom(token.to_proto())
+        # What does the work: CPU transcoding with libx264 (no GPUs, so no gpu_info entries).
+        info.hardware.add(pipeline="transcode", model_id="libx264-cpu")
         return info
 
     async def _ping(self, req: pb.PingPong, scope: Scope) -> pb.PingPong:
