@@ -511,3 +511,31 @@ def test_audio_parameters_come_before_a_large_first_picture() -> None:
                  options={"analyzeduration": "100000", "probesize": "32768"}) as c:
         assert c.streams.audio and c.streams.audio[0].codec_context.sample_rate == 48000
         assert c.streams.video[0].codec_context.width == 1280
+
+
+@pytest.mark.slow
+def test_whep_viewer_of_a_transcoded_rendition(gateway_factory: Callable[..., RunningGateway],
+                                               orchestrators: Callable[..., Any]) -> None:
+    """WHEP on /whep/STREAM/RENDITION plays what an orchestrator transcoded."""
+    orch = orchestrators()
+    gw = gateway_factory(orch_addr=orch.url, transcoding_options="P240p30fps16x9")
+    proc = start_publish(gw.rtmp_url("abrwhep"), seconds=20)
+    try:
+        gw.wait_for(lambda: gw.get("/stream/abrwhep/P240p30fps16x9.m3u8").status_code == 200, 20,
+                    "the first transcoded segment")
+
+        async def scenario() -> None:
+            v = await viewer_offer()
+            vr = await _post(gw.http + "/whep/abrwhep/P240p30fps16x9", v.localDescription.sdp)
+            assert vr.status_code == 201, vr.text
+            await connect(v, vr)
+            got = await receive(v, 6.0)
+            assert len(got["video"]) >= 60, len(got["video"])
+            assert {(f.width, f.height) for f in got["video"]} == {(426, 240)}
+            assert len(got["audio"]) >= 50, len(got["audio"])
+            await v.close()
+
+        run(scenario())
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
