@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", formatter_class=_HelpFormatter, help="run the gateway alone (go-livepeer -gateway)",
                         description="Run the gateway: RTMP in, segments to --orch-addr orchestrators, HLS out.")
     _add_settings_flags(gw)
-    orch = sub.add_parser("orchestrator", formatter_class=_HelpFormatter, help="run a transcoding orchestrator (go-livepeer -orchestrator)",
+    orch = sub.add_parser("orchestrator", formatter_class=_HelpFormatter,
+                          help="run a transcoding orchestrator (go-livepeer -orchestrator)",
                           description="Run an orchestrator: GetOrchestrator over gRPC and /segment over "
                                       "HTTPS on one TLS port; transcodes with PyAV.")
     _add_settings_flags(orch)

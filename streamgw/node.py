@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -17,12 +16,12 @@ from streamgw.api.app import create_app
 from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
 from streamgw.errors import ConfigError, ProfileError
-from streamgw.gateway.hub import Hub
-from streamgw.gateway.ingest import Ingest, IngestSettings
-from streamgw.gateway.streams import StreamState
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import Dispatcher, DispatchSettings
+from streamgw.gateway.hub import Hub
+from streamgw.gateway.ingest import Ingest, IngestSettings
 from streamgw.gateway.selection import SelectionPolicy
+from streamgw.gateway.streams import StreamState
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
 from streamgw.ingest.webrtc import IceSettings, WhipServer, WhipSettings, parse_ice_addresses, parse_ice_servers
 from streamgw.livepeer.client import OrchestratorClient
@@ -31,6 +30,7 @@ from streamgw.livepeer.signing import Signer
 from streamgw.livepeer.tls import CertificatePins
 from streamgw.media.segmenter import SegmenterSettings
 from streamgw.metrics import Metrics
+from streamgw.net import tcp_listener
 from streamgw.output.hls import HlsOutput, Recorder
 from streamgw.output.whep import WhepOutput, WhepSettings
 
@@ -184,13 +184,7 @@ class GatewayNode:
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
-        # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections; with proto 0 it
-        # leaves Nagle on and a keep-alive response body waits ~40 ms for the client's delayed ACK.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(512)
+        sock = tcp_listener(host, port)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",

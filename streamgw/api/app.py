@@ -14,9 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from streamgw import __version__
+from streamgw.gateway.dispatcher import Dispatcher
 from streamgw.gateway.ingest import Ingest
 from streamgw.gateway.streams import LiveStream
-from streamgw.gateway.dispatcher import Dispatcher
 from streamgw.livepeer.capabilities import bitstring_ids
 from streamgw.livepeer.profiles import VideoProfile
 from streamgw.media.segmenter import avc_codec_string

@@ -54,6 +54,18 @@ VIDEO_TB = Fraction(1, 90000)  # RTP video clock (RFC 6184 5.1) and MPEG-TS
 AUDIO_RATE = 48000
 AUDIO_TB = Fraction(1, AUDIO_RATE)  # Opus RTP clock (RFC 7587 4.1)
 OPUS_FRAME = 960  # 20 ms
+
+
+def opus_encoder() -> Any:
+    """A low-delay 48 kHz stereo Opus encoder for WebRTC peers (s16 frames of OPUS_FRAME samples)."""
+    opus = av.CodecContext.create("libopus", "w")
+    opus.sample_rate = AUDIO_RATE
+    opus.layout = "stereo"
+    opus.format = "s16"
+    opus.bit_rate = 64000
+    opus.time_base = AUDIO_TB
+    opus.options = {"application": "lowdelay"}
+    return opus
 MAX_OFFER_BYTES = 64 * 1024
 
 
@@ -560,13 +572,7 @@ class _TsEncoder:
 
     def _opus_encode(self, frame: Any) -> None:
         if self._opus is None:
-            self._opus = av.CodecContext.create("libopus", "w")
-            self._opus.sample_rate = AUDIO_RATE
-            self._opus.layout = "stereo"
-            self._opus.format = "s16"
-            self._opus.bit_rate = 64000
-            self._opus.time_base = AUDIO_TB
-            self._opus.options = {"application": "lowdelay"}
+            self._opus = opus_encoder()
             self._opus_resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE,
                                                      frame_size=OPUS_FRAME)
         for out in self._opus_resampler.resample(frame):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,6 +18,7 @@ from streamgw.errors import TranscodeError
 from streamgw.livepeer.profiles import EncoderProfile, VideoCodec, VideoFormat, VideoProfile
 from streamgw.livepeer.tls import ensure_certificate
 from streamgw.media.transcoder import RenditionSpec, transcode
+from streamgw.net import tcp_listener
 from streamgw.orchestrator.grpc_asgi import multiplex
 from streamgw.orchestrator.service import OrchestratorService, OrchestratorSettings
 
@@ -90,11 +90,7 @@ class OrchestratorNode:
     async def start(self) -> None:
         """Bind, create or load the certificate, and serve."""
         host, port = split_addr(self.settings.serve_addr)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(512)
+        sock = tcp_listener(host, port)
         sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
         service_url = self.settings.service_addr or self.url

@@ -47,6 +47,7 @@ from streamgw.ingest.webrtc import (
     answer_offer,
     new_peer_connection,
     offered_media,
+    opus_encoder,
     prefer_codecs,
 )
 from streamgw.segment import Segment
@@ -479,13 +480,7 @@ class _SegmentWorker:
                 self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE,
                                                     frame_size=OPUS_FRAME)
             if self._opus is None:
-                self._opus = av.CodecContext.create("libopus", "w")
-                self._opus.sample_rate = AUDIO_RATE
-                self._opus.layout = "stereo"
-                self._opus.format = "s16"
-                self._opus.bit_rate = 64000
-                self._opus.time_base = AUDIO_TB
-                self._opus.options = {"application": "lowdelay"}
+                self._opus = opus_encoder()
             frame.pts = None
             for chunk in self._resampler.resample(frame):
                 pts = self._opus_next or 0
