@@ -15,7 +15,8 @@
     │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
     │       └── PaymentError           malformed ticket parameters or payment
     ├── OrchestratorError      an orchestrator refused or failed a call (HTTP error, result error)
-    │   └── OrchestratorUnavailable  unreachable, timed out, or the connection broke
+    │   ├── OrchestratorUnavailable  unreachable, timed out, or the connection broke
+    │   └── OrchestratorBusy   at capacity right now (OrchestratorBusy / OrchestratorCapped)
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
@@ -125,3 +126,7 @@ class OrchestratorError(StreamgwError):
 
 class OrchestratorUnavailable(OrchestratorError):
     """An orchestrator could not be reached, timed out, or dropped the connection."""
+
+
+class OrchestratorBusy(OrchestratorError):
+    """An orchestrator is at capacity: try another, without holding it against this one."""

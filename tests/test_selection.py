@@ -119,3 +119,19 @@ def test_latency_is_a_moving_average_and_old_failures_fade() -> None:
     assert {c.url: c for c in pool.candidates()}[url].failure_rate == 0.25
     now[0] += 61
     assert {c.url: c for c in pool.candidates()}[url].failure_rate == 0.0
+
+
+def test_exploration_never_promotes_a_full_orchestrator() -> None:
+    pool = [cand("best", latency=0.1), cand("full", latency=0.2, in_flight=4, capacity=4)]
+    rng = random.Random(3)
+    assert all(select(pool, SelectionPolicy(job=JOB, explore=1.0), rng)[0].url == "best" for _ in range(200))
+
+
+def test_busy_refusal_does_not_suspend() -> None:
+    now = [0.0]
+    pool = _pool(now)
+    url = "https://o1:8935"
+    pool.started(url)
+    pool.busy(url)
+    record = pool.records[url]
+    assert record.in_flight == 0 and not record.suspended(now[0]) and record.consecutive_failures == 0

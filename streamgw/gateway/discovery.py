@@ -144,6 +144,12 @@ class OrchestratorPool:
         sample = seconds / max(media_seconds, 0.001)
         r.latency = sample if r.latency is None else (1 - LATENCY_ALPHA) * r.latency + LATENCY_ALPHA * sample
 
+    def busy(self, url: str) -> None:
+        """An attempt was refused for lack of capacity: no suspension, the session stays."""
+        r = self.records[url]
+        r.in_flight -= 1
+        r.last_error = "busy"
+
     def failed(self, url: str, error: str, *, forget_session: bool) -> float:
         """An attempt failed; suspends ``url`` and returns the suspension in seconds."""
         r = self.records[url]

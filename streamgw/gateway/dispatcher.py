@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamgw.errors import OrchestratorError, StreamgwError
+from streamgw.errors import OrchestratorBusy, OrchestratorError, StreamgwError
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.hub import Hub, StreamEnded, Subscription
 from streamgw.gateway.selection import SelectionPolicy, select
@@ -31,6 +31,11 @@ from streamgw.livepeer.signing import keccak256
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
+
+# TranscodeResult.error texts that mean "full", not "broken" (go-livepeer server/broadcast.go).
+BUSY_ERRORS = frozenset({"OrchestratorBusy", "OrchestratorCapped"})
+ATTEMPT_FLOOR = 3.0  # seconds: the least an attempt gets when a retry elsewhere is possible
+ATTEMPT_SLACK = 3.0  # times an orchestrator's usual round trip before trying another
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +194,30 @@ class Dispatcher:
             ranked = [c for c in select(self.pool.candidates(), self.policy, self.rng) if c.url not in tried]
             if remaining <= 0.05 or not ranked:
                 break
-            url = ranked[0].url
+            best = ranked[0]
+            url = best.url
             tried.add(url)
+            budget = remaining
+            if len(ranked) > 1 and best.latency is not None:
+                # Another orchestrator could take over: give this one a few times what it
+                # usually needs, so one that hangs after accepting leaves room for a retry.
+                budget = min(remaining, max(ATTEMPT_FLOOR, ATTEMPT_SLACK * best.latency * segment.duration_seconds))
             self.pool.started(url)
             started = time.monotonic()
             try:
-                outputs = await asyncio.wait_for(self._attempt(url, segment), remaining)
+                outputs = await asyncio.wait_for(self._attempt(url, segment), budget)
             except TimeoutError:
-                self.late += 1
-                text = f"{url}: no result within the segment's {total:.0f} s deadline"
+                if budget >= remaining:
+                    self.late += 1
+                text = f"{url}: no result within {budget:.1f} s (segment deadline {total:.0f} s)"
                 self._fail(url, text, forget=False, started=started)
                 errors.append(text)
+                continue
+            except OrchestratorBusy as exc:
+                # Full, not failing: try another now, without suspending this one.
+                self.pool.busy(url)
+                self.observer.on_attempt(url, False, time.monotonic() - started)
+                errors.append(str(exc))
                 continue
             except StreamgwError as exc:
                 # Any refusal or broken connection may mean a restarted orchestrator whose
@@ -240,6 +258,8 @@ class Dispatcher:
         answer = await client.submit(info, meta, segment.data, segment.duration_seconds)
         if answer.result.HasField("info"):
             self.pool.update_info(url, answer.result.info)
+        if answer.result.WhichOneof("result") == "error" and answer.result.error in BUSY_ERRORS:
+            raise OrchestratorBusy(f"{url}: {answer.result.error}")
         renditions = result_renditions(answer.result)
         if len(renditions) != len(self.profiles):
             raise OrchestratorError(f"{url}: {len(renditions)} renditions for {len(self.profiles)} profiles")

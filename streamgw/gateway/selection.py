@@ -16,8 +16,9 @@ Rules, in order:
    ``latency * (1 + 2 * in_flight / capacity) * (1 + 2 * failure_rate)``. An orchestrator never
    measured is assumed as fast as the best measured one (optimism under uncertainty), so each
    is tried early and then ranked by what it really does.
-3. **Exploration.** With probability ``explore`` one random candidate other than the best moves
-   to the front, so a recovered or improved orchestrator gets measured again.
+3. **Exploration.** With probability ``explore`` one random candidate other than the best, among
+   those with free capacity, moves to the front, so a recovered or improved orchestrator gets
+   measured again.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def select(candidates: Sequence[Candidate], policy: SelectionPolicy, rng: random
     # Orchestrators with info come before those without; then by score; at equal score an
     # unmeasured one first (so it gets measured); URL breaks remaining ties.
     ranked = sorted(pool, key=lambda c: (c.capabilities is None, score(c, default), c.latency is not None, c.url))
-    if len(ranked) > 1 and rng.random() < policy.explore:
-        pick = rng.randrange(1, len(ranked))
+    roomy = [i for i, c in enumerate(ranked[1:], start=1) if c.in_flight < c.capacity]
+    if roomy and rng.random() < policy.explore:
+        # Explore only among orchestrators with free capacity: a full one would just refuse.
+        pick = roomy[rng.randrange(len(roomy))]
         ranked.insert(0, ranked.pop(pick))
     return ranked

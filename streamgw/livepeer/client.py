@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
+import httpcore  # noqa: F401 - httpx imports it (and trio) on first use: ~0.2 s that must not stall the loop
 import httpx
 
 from streamgw.errors import OrchestratorError, OrchestratorUnavailable, TranscodeResultError
