@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import hypothesis  # noqa: F401 - imported before any test runs: see below
 import pytest
 
 from streamgw.config import load_settings
 from streamgw.node import GatewayNode
+
+# hypothesis's pytest plugin imports hypothesis at the end of the session if no test did; by then
+# a C extension has left CPython 3.11's AST recursion counter off and the assertion rewriter's
+# parse fails ("AST constructor recursion depth mismatch"). Importing it up front avoids that.
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"

@@ -135,3 +135,22 @@ def test_busy_refusal_does_not_suspend() -> None:
     pool.busy(url)
     record = pool.records[url]
     assert record.in_flight == 0 and not record.suspended(now[0]) and record.consecutive_failures == 0
+
+
+def test_orchestrator_sessions_expire_and_idle_ones_make_room() -> None:
+    from streamgw.orchestrator.store import SESSION_IDLE, SESSION_RECLAIM, Sessions
+
+    now = [0.0]
+    sessions = Sessions(2, clock=lambda: now[0])
+    a = sessions.open(b"\x01" * 20)
+    b = sessions.open(b"\x02" * 20)
+    assert a and b and sessions.open(b"\x03" * 20) is None, "capped while both are in use"
+    assert sessions.open(b"\x03" * 20, ignore_capacity=True) is not None
+    sessions.end(next(iter([s for s in (a, b) if s])))
+    now[0] += SESSION_RECLAIM + 1
+    assert sessions.use(b) is not None  # b is busy again; the extra one idles
+    c = sessions.open(b"\x04" * 20)
+    assert c is not None, "an idle session made room"
+    assert b in sessions and c in sessions
+    now[0] += SESSION_IDLE + 1
+    assert len(sessions) == 0 and sessions.use(b) is None

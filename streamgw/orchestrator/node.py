@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -125,18 +126,18 @@ class OrchestratorNode:
         if self._task is not None:
             # hypercorn waits out asyncio's 30 s TLS shutdown for peers that keep their
             # connection open; give them the graceful timeout, then cut them off.
+            # Connection tasks left behind end with the loop, each logging its CancelledError or
+            # a TLS shutdown error. The node is shutting down: keep the handler quiet about those.
+            asyncio.get_running_loop().set_exception_handler(_quiet_shutdown)
             done, _ = await asyncio.wait({self._task}, timeout=self.GRACE)
             if not done:
-                # The connection tasks left behind are cancelled when the loop ends; each would
-                # log its CancelledError. The process is shutting down: keep the handler quiet.
-                asyncio.get_running_loop().set_exception_handler(_quiet_cancellation)
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-    """At shutdown, connection tasks we cancelled report their CancelledError: expected, not logged."""
-    if isinstance(context.get("exception"), asyncio.CancelledError):
+def _quiet_shutdown(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """At shutdown, connection tasks report cancellation and broken TLS closes: expected, not logged."""
+    if isinstance(context.get("exception"), (asyncio.CancelledError, ssl.SSLError, ConnectionError)):
         return
     loop.default_exception_handler(context)

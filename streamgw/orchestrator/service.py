@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -47,7 +47,7 @@ from streamgw.livepeer.signing import (
     verify_sig,
 )
 from streamgw.orchestrator.grpc_asgi import UNKNOWN, GrpcRouter, GrpcStatusError, Receive, Scope, Send
-from streamgw.orchestrator.store import RenditionStore
+from streamgw.orchestrator.store import RenditionStore, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ class OrchestratorState:
     failures: int = 0
     busy_refusals: int = 0
     in_flight: int = 0
-    sessions: dict[str, bytes] = field(default_factory=dict)  # session id -> gateway address
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +99,7 @@ class OrchestratorService:
         self.store = store or RenditionStore()
         self.capabilities = Capabilities.from_ids(TRANSCODE_CAPABILITIES)
         self.state = OrchestratorState()
+        self.sessions = Sessions(settings.max_sessions)
         self._auth_secret = secrets.token_bytes(32)
 
     # --- gRPC ---
@@ -117,14 +117,10 @@ class OrchestratorService:
             gateway = verify_orchestrator_request(req, _Verifier())
         except SignatureError as exc:
             raise GrpcStatusError(UNKNOWN, f"Invalid orchestrator request: {exc}") from exc
-        if not req.ignoreCapacityCheck and len(self.state.sessions) >= self.settings.max_sessions:
+        session_id = self.sessions.open(gateway, ignore_capacity=req.ignoreCapacityCheck)
+        if session_id is None:
             raise GrpcStatusError(UNKNOWN, "Invalid orchestrator request: OrchestratorCapped")
-        return self.orchestrator_info(self._new_session(gateway))
-
-    def _new_session(self, gateway: bytes) -> str:
-        session_id = secrets.token_hex(8)
-        self.state.sessions[session_id] = gateway
-        return session_id
+        return self.orchestrator_info(session_id)
 
     def orchestrator_info(self, session_id: str) -> pb.OrchestratorInfo:
         """OrchestratorInfo for a session: where to send segments, price, capabilities, auth token."""
@@ -146,9 +142,8 @@ class OrchestratorService:
     async def _end(self, req: pb.EndTranscodingSessionRequest, scope: Scope) -> pb.EndTranscodingSessionResponse:
         token = req.auth_token
         expected = make_auth_token(self._auth_secret, token.session_id, token.expiration)
-        if token.token != expected.token or token.session_id not in self.state.sessions:
+        if token.token != expected.token or not self.sessions.end(token.session_id):
             raise GrpcStatusError(UNKNOWN, "Invalid auth token")
-        del self.state.sessions[token.session_id]
         return pb.EndTranscodingSessionResponse()
 
     # --- HTTP ---
@@ -209,7 +204,8 @@ class OrchestratorService:
         if not header:
             raise SegDataError("empty seg data")
         msg = decode_segdata_header(header)
-        gateway = self.state.sessions.get(msg.auth_token.session_id, ZERO_ADDRESS)
+        session = self.sessions.use(msg.auth_token.session_id)
+        gateway = session.gateway_address if session is not None else ZERO_ADDRESS
         sender = payment.sender or gateway
         # A session opened by a gateway with an address is bound to it: its segments must carry
         # its signature. An offchain gateway (zero address, empty signatures) is accepted as
@@ -219,7 +215,7 @@ class OrchestratorService:
                                           orchestrator_caps=self.capabilities,
                                           auth_secret=self._auth_secret, now=time.time())
         assert meta.auth_token is not None
-        if meta.auth_token.session_id not in self.state.sessions:
+        if session is None:
             raise SegDataError("invalid auth token")
         return meta
 

@@ -8,63 +8,62 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-AUTH_TOKEN_VALIDITY = 30 * 60  # seconds, as go-livepeer server/rpc.go
+SESSION_IDLE = 300.0  # seconds without a segment after which a session is dropped
+SESSION_RECLAIM = 60.0  # at capacity, a session idle this long makes room for a new one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     """A gateway's transcoding session, named by the auth token's session id."""
 
-    session_id: str
-    token: bytes
-    expiration: int  # Unix seconds
     gateway_address: bytes  # 20 bytes; all zero for an offchain gateway
+    last_used: float
 
 
 class Sessions:
-    """Auth-token sessions, at most ``max_sessions`` live at once."""
+    """Live sessions, at most ``max_sessions``; idle ones expire, and make room when needed.
 
-    def __init__(self, max_sessions: int, clock: Callable[[], float] = time.time) -> None:
+    A gateway opens a session with each GetOrchestrator, and one that retries opens many: without
+    expiry the orchestrator would end up refusing everyone (``OrchestratorCapped``) for good.
+    """
+
+    def __init__(self, max_sessions: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_sessions = max_sessions
         self._clock = clock
         self._by_id: dict[str, Session] = {}
 
-    def _expire(self) -> None:
+    def _prune(self, idle: float) -> None:
         now = self._clock()
-        for sid in [sid for sid, s in self._by_id.items() if s.expiration < now]:
+        for sid in [sid for sid, s in self._by_id.items() if now - s.last_used > idle]:
             del self._by_id[sid]
 
-    def create(self, gateway_address: bytes) -> Session | None:
-        """A new session, or None when at capacity."""
-        self._expire()
-        if len(self._by_id) >= self.max_sessions:
-            return None
-        session = Session(secrets.token_hex(8), secrets.token_bytes(32),
-                          int(self._clock()) + AUTH_TOKEN_VALIDITY, gateway_address)
-        self._by_id[session.session_id] = session
+    def open(self, gateway_address: bytes, *, ignore_capacity: bool = False) -> str | None:
+        """A new session id, or None when at capacity with no session idle long enough to reclaim."""
+        self._prune(SESSION_IDLE)
+        if len(self._by_id) >= self.max_sessions and not ignore_capacity:
+            self._prune(SESSION_RECLAIM)
+            if len(self._by_id) >= self.max_sessions:
+                return None
+        session_id = secrets.token_hex(8)
+        self._by_id[session_id] = Session(gateway_address, self._clock())
+        return session_id
+
+    def use(self, session_id: str) -> Session | None:
+        """The live session with this id, marked as used now."""
+        session = self._by_id.get(session_id)
+        if session is not None:
+            session.last_used = self._clock()
         return session
-
-    def renew(self, session: Session) -> Session:
-        """The same session with a fresh expiry."""
-        renewed = Session(session.session_id, session.token, int(self._clock()) + AUTH_TOKEN_VALIDITY,
-                          session.gateway_address)
-        self._by_id[session.session_id] = renewed
-        return renewed
-
-    def get(self, session_id: str) -> Session | None:
-        """The live session with this id."""
-        return self._by_id.get(session_id)
-
-    def is_expired(self, session: Session) -> bool:
-        """True when the session's token has expired."""
-        return session.expiration < self._clock()
 
     def end(self, session_id: str) -> bool:
         """Remove a session; False if unknown."""
         return self._by_id.pop(session_id, None) is not None
 
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_id
+
     def __len__(self) -> int:
-        self._expire()
+        self._prune(SESSION_IDLE)
         return len(self._by_id)
 
 
