@@ -92,7 +92,8 @@ class GatewayNode:
         urls = orchestrators if orchestrators is not None else [
             u.strip() for u in settings.orch_addr.split(",") if u.strip()
         ]
-        self.profiles = load_profiles(settings.transcoding_options) if urls else []
+        transcoding = bool(urls or settings.orch_webhook_url)
+        self.profiles = load_profiles(settings.transcoding_options) if transcoding else []
         self.signer = Signer(settings.gateway_key) if settings.gateway_key else Signer(os.urandom(32))
         self.hub = Hub()
         self.metrics = Metrics()
@@ -132,9 +133,7 @@ class GatewayNode:
         pins = CertificatePins()
         self.pool: OrchestratorPool | None = None
         self.dispatcher: Dispatcher | None = None
-        if urls or settings.orch_webhook_url:
-            if not self.profiles:
-                self.profiles = load_profiles(settings.transcoding_options)
+        if transcoding:
             self.pool = OrchestratorPool(
                 lambda url: OrchestratorClient(url, self.signer, pins),
                 static=urls, webhook_url=settings.orch_webhook_url,
