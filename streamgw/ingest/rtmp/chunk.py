@@ -49,7 +49,7 @@ class Message:
 
 
 class _ChunkStreamState:
-    __slots__ = ("buf", "delta", "extended", "length", "started", "stream_id", "timestamp", "type_id")
+    __slots__ = ("buf", "delta", "extended", "length", "stream_id", "timestamp", "type_id")
 
     def __init__(self) -> None:
         self.timestamp = 0
@@ -59,7 +59,6 @@ class _ChunkStreamState:
         self.stream_id = 0
         self.extended = False
         self.buf: bytearray | None = None  # the message in progress, if any
-        self.started = False  # a full header has been seen on this chunk stream
 
 
 class ChunkReader:
@@ -131,8 +130,6 @@ class ChunkReader:
                 raise ChunkError(f"more than {self.max_chunk_streams} chunk streams")
             state = _ChunkStreamState()
             self._streams[csid] = state
-        elif fmt != 0 and not state.started:
-            raise ChunkError(f"chunk stream {csid} continues without a type-0 header")
         h = pos + hlen
         if fmt < 3:
             ts_field = (buf[h] << 16) | (buf[h + 1] << 8) | buf[h + 2]
@@ -173,7 +170,6 @@ class ChunkReader:
             state.length = length
             state.type_id = buf[h + 6]
             state.stream_id = _U32LE.unpack_from(buf, h + 7)[0]
-            state.started = True
         elif fmt == 1 or fmt == 2:
             state.delta = ext_value if extended else ts_field
             if fmt == 1:
