@@ -216,13 +216,13 @@ def free_port() -> int:
 class Gateway:
     """``streamgw gateway`` in its own process."""
 
-    def __init__(self, segment_duration: float = 2.0) -> None:
+    def __init__(self, segment_duration: float = 2.0, whip_video: str = "copy") -> None:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamgw", "gateway", "--rtmp-addr", f"127.0.0.1:{free_port()}",
              "--http-addr", f"127.0.0.1:{self.http_port}", "--segment-duration", str(segment_duration),
-             "--whip-max-sessions", "64", "--log-level", "warning"],
+             "--whip-max-sessions", "64", "--whip-video", whip_video, "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 20
@@ -482,30 +482,57 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publishers", type=int, nargs="*", default=[1, 2, 4], help="CPU run publisher counts")
     ap.add_argument("--window", type=float, default=20, help="CPU measurement window, seconds")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--modes", nargs="*", default=["copy", "transcode"], choices=["copy", "transcode"],
+                    help="gateway whip_video settings to run (transcode is the baseline)")
     args = ap.parse_args(argv)
-    results: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/webrtc_latency.py " + " ".join(argv)}
-    if not args.skip_latency:
-        gw = Gateway()
+    results: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/webrtc_latency.py " + " ".join(argv),
+                               "latency": {}, "cpu": {}}
+    for mode in args.modes:
+        if args.skip_latency:
+            break
+        gw = Gateway(whip_video=mode)
         try:
-            log(f"latency: 720p30 WHIP publisher, WHEP viewer and HLS poller for {args.seconds:.0f} s...")
-            results["latency"] = asyncio.run(latency_run(gw, args.seconds, args.warmup))
+            log(f"latency ({mode}): 720p30 WHIP publisher, WHEP viewer and HLS poller for {args.seconds:.0f} s...")
+            results["latency"][mode] = asyncio.run(latency_run(gw, args.seconds, args.warmup))
         finally:
             gw.close()
-        log(json.dumps(results["latency"], indent=1))
-    results["cpu"] = []
-    for n in args.publishers:
-        gw = Gateway()
-        try:
-            log(f"cpu: {n} x 720p30 WHIP publishers (pre-encoded), {args.window:.0f} s window...")
-            r = cpu_run(gw, n, 8.0, args.window)
-        finally:
-            gw.close()
-        log(json.dumps(r))
-        results["cpu"].append(r)
+        log(json.dumps(results["latency"][mode], indent=1))
+    for mode in args.modes:
+        results["cpu"][mode] = []
+        for n in args.publishers:
+            gw = Gateway(whip_video=mode)
+            try:
+                log(f"cpu ({mode}): {n} x 720p30 WHIP publishers (pre-encoded), {args.window:.0f} s window...")
+                r = cpu_run(gw, n, 8.0, args.window)
+            finally:
+                gw.close()
+            log(json.dumps(r))
+            results["cpu"][mode].append(r)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "webrtc_latency.json").write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
+    print(summary_table(results))
     return 0
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The headline numbers, with copy against the transcode baseline of the same run."""
+    lines = ["", "mode       | WHEP p50/p95 ms | HLS first-frame p50/p95 s | core per publisher (1, 2, 4...) | per core"]
+    for mode in results["cpu"] or results["latency"]:
+        lat = results["latency"].get(mode)
+        w, h = (lat or {}).get("whip_to_whep_ms"), (lat or {}).get("whip_to_hls_first_frame_ms")
+        whep = f"{w['p50']:.0f}/{w['p95']:.0f}" if w and w.get("n") else "-"
+        hls = f"{h['p50'] / 1000:.2f}/{h['p95'] / 1000:.2f}" if h and h.get("n") else "-"
+        runs = results["cpu"].get(mode, [])
+        per = ", ".join(f"{r['per_publisher_core']:.3f}" for r in runs) or "-"
+        worst = max((r["per_publisher_core"] for r in runs), default=0)
+        lines.append(f"{mode:10} | {whep:15} | {hls:25} | {per:31} | {1 / worst:.1f}" if worst else
+                     f"{mode:10} | {whep:15} | {hls:25} | {per:31} | -")
+    cpu = results["cpu"]
+    if "copy" in cpu and "transcode" in cpu and cpu["copy"] and cpu["transcode"]:
+        ratios = [c["per_publisher_core"] / t["per_publisher_core"] for c, t in zip(cpu["copy"], cpu["transcode"])]
+        lines.append("copy / transcode CPU per publisher: " + ", ".join(f"{r:.2f}" for r in ratios))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

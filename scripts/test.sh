@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: ffmpeg/ffprobe publish and inspect streams; Chromium drives hls.js in the web test.
+# System packages: ffmpeg/ffprobe publish and inspect streams; Chromium and Firefox (driven over
+# WebDriver BiDi, no geckodriver) run the web pages' tests.
 apt_pkgs=()
 command -v ffmpeg >/dev/null 2>&1 || apt_pkgs+=(ffmpeg)
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
+[ -x /usr/bin/firefox-esr ] || apt_pkgs+=(firefox-esr)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -123,6 +123,10 @@ class Settings(BaseModel):
         "", description="WHIP: bearer token publishers must send (Authorization: Bearer ...); empty: none"
     )
     whip_max_sessions: int = Field(16, ge=1, le=10000, description="WHIP: most WebRTC publishers at once")
+    whip_video: Literal["copy", "transcode"] = Field(
+        "copy", description="WHIP: 'copy' H.264 as published (asking for a keyframe every segment) and "
+        "re-encode other codecs; 'transcode' re-encodes every publisher to a fixed GOP",
+    )
     whip_video_bitrate: int = Field(
         2_500_000, ge=100_000, le=50_000_000,
         description="WHIP: most bits per second of the H.264 a WebRTC publisher is re-encoded to",

@@ -155,6 +155,7 @@ class GatewayNode:
             WhipSettings(
                 target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
                 video_bitrate=settings.whip_video_bitrate, max_sessions=settings.whip_max_sessions,
+                copy_h264=settings.whip_video == "copy",
             ),
             ice, open_tee=self.whep.open_tee,
         )

@@ -108,6 +108,9 @@ def test_golive_publishes_and_plays_itself_back(gateway: RunningGateway, browser
     _wait(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
           20, describe)
     assert state()["whepWidth"] > 0
+    # Chromium has H.264: it gets the relay's packets as they are, and no VP8 encoder runs.
+    assert state()["whep"]["codec"] == "video/H264", describe()
+    assert gw.call(lambda: gw.node.whep.relays[("golive1", "source")].vp8) is None
     # The clock stamp is read back from the WHEP picture: glass-to-glass latency measured.
     _wait(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
     whep_ms = state()["latency"]["whep"]

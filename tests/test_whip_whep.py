@@ -21,7 +21,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from streamgw.config import load_settings
 from streamgw.errors import ConfigError
 from streamgw.ingest.webrtc import IceSettings, gather_candidates, new_peer_connection, parse_ice_addresses
-from streamgw.output.whep import WhepOutput, WhepSettings, _Relay, _ViewerQueue
+from streamgw.output.whep import (
+    WhepOutput,
+    WhepSettings,
+    _Backlog,
+    _Relay,
+    _ViewerQueue,
+    _Vp8Encoder,
+    offered_video_codecs,
+)
 from tests.conftest import RunningGateway, start_publish
 
 LOOPBACK = IceSettings()  # host candidates on 127.0.0.1 only, no STUN
@@ -200,10 +208,18 @@ def probe(segment: bytes) -> dict[str, Any]:
 # WHIP -> HLS
 
 
-def test_whip_publish_becomes_hls_with_video_and_audio(gateway: RunningGateway) -> None:
-    gw = gateway
+@pytest.mark.parametrize("mode", ["copy", "transcode"])
+def test_whip_publish_becomes_hls_with_video_and_audio(gateway_factory: Callable[..., RunningGateway],
+                                                       mode: str) -> None:
+    gw = gateway_factory(whip_video=mode)
+    seen: dict[str, int] = {}
+
+    def encoder_counts() -> dict[str, int]:
+        enc = next(iter(gw.node.whip.sessions.values())).encoder
+        return {"pictures": enc.frames, "copied": enc.copied, "asked": enc.keyframe_requests}
 
     async def scenario() -> None:
+        # aiortc's libx264 sender makes an IDR only when asked (PLI) or when the size changes.
         pc = await publisher_offer(Pattern(switch_after=75), Tone())
         r = await _post(gw.http + "/whip/cam1", pc.localDescription.sdp)
         assert r.status_code == 201, r.text
@@ -212,16 +228,23 @@ def test_whip_publish_becomes_hls_with_video_and_audio(gateway: RunningGateway) 
         answer_candidates = [ln for ln in r.text.splitlines() if ln.startswith("a=candidate:")]
         assert answer_candidates and all(" 127.0.0.1 " in c and "typ host" in c for c in answer_candidates)
         assert "a=end-of-candidates" in r.text  # not trickle: everything is in the answer
+        assert "H264/90000" in r.text.split("m=video", 1)[1].split("a=rtpmap:", 2)[1]  # H.264 first
         await connect(pc, r)
         await asyncio.sleep(5.5)
         stream = (await asyncio.to_thread(gw.get, "/api/streams/cam1")).json()
         assert stream["state"] == "live" and stream["publisher"].startswith("whip:")
         assert stream["video_codec"] == "h264" and stream["audio_codec"] == "aac"
+        assert (stream["width"], stream["height"]) == (480, 360), stream  # the size now
+        seen.update(await asyncio.to_thread(gw.call, encoder_counts))
         assert (await _delete(gw.http + location)).status_code == 200
         assert (await _delete(gw.http + location)).status_code == 404
         await pc.close()
 
     run(scenario())
+    if mode == "copy":  # nothing re-encoded; the publisher was asked for its IDRs
+        assert seen["copied"] == seen["pictures"] > 100 and seen["asked"] >= 2, seen
+    else:
+        assert seen["copied"] == 0 and seen["pictures"] > 100, seen
     gw.wait_for(lambda: gw.get("/api/streams/cam1").json()["state"] == "ended", 10, "the stream to end")
     playlist = gw.get("/stream/cam1/source.m3u8").text
     assert "#EXT-X-ENDLIST" in playlist
@@ -233,12 +256,23 @@ def test_whip_publish_becomes_hls_with_video_and_audio(gateway: RunningGateway) 
         assert p["keyframe_first"], p
         assert p["frames"] > 0 and len(p["sizes"]) == 1, p  # one resolution per segment
         assert p["audio_codec"] == "aac" and p["audio_rms"] > 0.01, p
-    # Durations follow the target (2 s, a keyframe every 2 s on the clock), the last one shorter.
-    durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
-    assert all(abs(d - 2.0) < 0.25 for d in durations[:-1]), durations
-    # The publisher went from 320x240 to 480x360 at 2.5 s: the switch happens at a segment start.
+    # The publisher went from 320x240 to 480x360 at 2.5 s.
     sizes = [next(iter(p["sizes"])) for p in probes]
     assert sizes[0] == (320, 240) and sizes[-1] == (480, 360), sizes
+    durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
+    # The segment with the new size is marked as a discontinuity (new encoding parameters).
+    switch = sizes.index((480, 360))
+    entries = playlist.split("#EXTINF")[1:]
+    assert [i for i, e in enumerate(entries) if "#EXT-X-DISCONTINUITY" in e] == [switch - 1], playlist
+    if mode == "transcode":
+        # A keyframe every 2 s on the clock; the switch waits for one, the last segment is shorter.
+        assert all(abs(d - 2.0) < 0.25 for d in durations[:-1]), durations
+    else:
+        # The publisher's own IDR at the switch starts a segment at once; every other one came
+        # when asked for, every 2 s.
+        assert 0 < switch and durations[switch - 1] < 1.9, durations
+        others = durations[:switch - 1] + durations[switch:-1]
+        assert others and all(abs(d - 2.0) < 0.25 for d in others), durations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +311,9 @@ def test_whep_viewers_of_a_whip_stream_get_frames(gateway: RunningGateway) -> No
     run(scenario())
 
 
-@pytest.mark.parametrize("b_frames", [False, True], ids=["passthrough", "bframes-reencoded"])
-def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool) -> None:
+@pytest.mark.parametrize(("b_frames", "vp8"), [(False, False), (True, False), (False, True)],
+                         ids=["passthrough", "bframes-reencoded", "vp8"])
+def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool, vp8: bool) -> None:
     gw = gateway
     extra = ["-x264-params", "bframes=2:b-adapt=0"] if b_frames else None
     proc = start_publish(gw.rtmp_url("rtmp1"), seconds=20, extra=extra)
@@ -286,9 +321,10 @@ def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool) 
         gw.wait_for(lambda: gw.get("/api/streams/rtmp1").status_code == 200, 10, "the RTMP stream")
 
         async def scenario() -> None:
-            v = await viewer_offer()
+            v = await viewer_offer(["video/VP8"] if vp8 else None)
             vr = await _post(gw.http + "/whep/rtmp1/source", v.localDescription.sdp)
             await connect(v, vr)
+            assert answer_video_codecs(vr.text) == ({"vp8"} if vp8 else {"h264"}), vr.text
             got = await receive(v, 6.0)  # up to one segment until the first, then real time
             assert len(got["video"]) >= 60, len(got["video"])
             assert {(f.width, f.height) for f in got["video"]} == {(640, 360)}
@@ -297,12 +333,139 @@ def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool) 
             relays = await asyncio.to_thread(gw.call, lambda: dict(gw.node.whep.relays))
             relay = relays[("rtmp1", "source")]
             assert relay.feeder is not None and relay.feeder._worker.reencode == b_frames
+            assert (relay.vp8 is not None) == vp8
             await v.close()
 
         run(scenario())
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+def answer_video_codecs(sdp: str) -> set[str]:
+    """The video codecs an answer settled on, lower case, without rtx."""
+    return offered_video_codecs(sdp) - {"rtx"}
+
+
+def test_whep_vp8_viewers_share_one_encoder(gateway: RunningGateway) -> None:
+    """Viewers without H.264 get VP8 from one encoder per relay; it stops when the last one leaves."""
+    gw = gateway
+
+    def relay() -> Any:
+        return gw.call(lambda: gw.node.whep.relays.get(("vp8cam", "source")))
+
+    async def scenario() -> None:
+        pub = await publisher_offer(Pattern(), Tone())
+        await connect(pub, await _post(gw.http + "/whip/vp8cam", pub.localDescription.sdp))
+        h264 = await viewer_offer()  # offers VP8 and H.264: gets H.264, the relay's own packets
+        hr = await _post(gw.http + "/whep/vp8cam", h264.localDescription.sdp)
+        await connect(h264, hr)
+        assert answer_video_codecs(hr.text) == {"h264"}, hr.text
+        assert (await asyncio.to_thread(relay)).vp8 is None  # no VP8 viewer, no encoder
+        viewers = []
+        for _ in range(2):
+            v = await viewer_offer(["video/VP8"])
+            vr = await _post(gw.http + "/whep/vp8cam", v.localDescription.sdp)
+            assert vr.status_code == 201, vr.text
+            assert answer_video_codecs(vr.text) == {"vp8"} and "opus" in vr.text.lower(), vr.text
+            await connect(v, vr)
+            viewers.append((v, vr.headers["location"]))
+        results = await asyncio.gather(*(receive(pc, 3.0) for pc in [h264] + [v for v, _ in viewers]))
+        for got in results:
+            assert len(got["video"]) >= 45, len(got["video"])
+            assert {(f.width, f.height) for f in got["video"]} == {(320, 240)}
+            assert len(got["audio"]) >= 100, len(got["audio"])
+            # The picture survives H.264 -> VP8: grey background, one white bar.
+            luma = got["video"][-1].to_ndarray(format="gray")
+            assert abs(float(np.median(luma)) - 96) < 12 and luma.max() > 200, (np.median(luma), luma.max())
+        r = await asyncio.to_thread(relay)
+        encoder = r.vp8
+        assert encoder is not None and r.vp8_encoders_started == 1  # one encoder for both viewers
+        assert encoder.frames_out >= 45 and encoder.keyframes >= 1
+        assert (await _delete(gw.http + viewers[0][1])).status_code == 200
+        assert (await asyncio.to_thread(relay)).vp8 is encoder  # one VP8 viewer left: still encoding
+        assert (await _delete(gw.http + viewers[1][1])).status_code == 200
+        r = await asyncio.to_thread(relay)
+        assert r.vp8 is None and r.vp8_encoders_started == 1 and r.viewers  # the H.264 viewer stays
+        encoder.thread.join(5)
+        assert not encoder.thread.is_alive()
+        got = await receive(h264, 1.0)
+        assert len(got["video"]) >= 15, len(got["video"])
+        for pc in [h264, pub] + [v for v, _ in viewers]:
+            await pc.close()
+
+    run(scenario())
+
+
+def test_vp8_encoder_keyframes_backlog_and_stop() -> None:
+    """The shared VP8 encoder: keyframes with the source's and on request, drops to a keyframe, stops."""
+    x264 = av.CodecContext.create("libx264", "w")
+    x264.width, x264.height, x264.pix_fmt = 160, 120, "yuv420p"
+    x264.time_base = fractions.Fraction(1, 90000)
+    x264.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "keyint=30:scenecut=0"}
+    h264: list[tuple[bytes, int, bool]] = []
+    for i in range(90):
+        img = np.full((120, 160, 3), 96, np.uint8)
+        img[:, (i * 4) % 144:(i * 4) % 144 + 16] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
+        h264 += [(bytes(p), int(p.pts or 0), bool(p.is_keyframe)) for p in x264.encode(frame)]
+    assert [k for _, _, k in h264].count(True) == 3
+
+    async def scenario() -> None:
+        out: list[tuple[bytes, int, bool]] = []
+        source_requests: list[int] = []
+        encoder = _Vp8Encoder("test-vp8", WhepSettings(vp8_backlog=10, keyframe_interval=0.2),
+                              lambda *a: out.append(a), lambda: source_requests.append(1))
+        assert source_requests  # it starts by asking the source for an IDR
+        encoder.feed(*h264[1])  # not a keyframe: dropped, it waits for one
+        assert encoder.dropped == 1
+        for item in h264[:60]:
+            encoder.feed(*item)
+            await asyncio.sleep(0.005)
+        deadline = time.monotonic() + 5
+        while encoder.frames_out + encoder.skipped < 60 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert encoder.frames_in == 60 and encoder.frames_out + encoder.skipped == 60
+        await asyncio.sleep(0.1)
+        keyframes = [pts // 3000 for _, pts, key in out if key]
+        # With the source's keyframes (or the newest picture of a batch holding one), none between.
+        assert len(keyframes) == 2 and keyframes[0] == 0 and 30 <= keyframes[1] < 36, keyframes
+        vpx = av.CodecContext.create("libvpx", "r")
+        decoded = [f for data, _, _ in out for f in vpx.decode(av.Packet(data))]
+        assert len(decoded) == len(out) and (decoded[0].width, decoded[0].height) == (160, 120)
+        # A viewer asks: the next picture is a keyframe, though the source's is 30 frames away.
+        before = len(out)
+        encoder.feed(*h264[60])  # the source's keyframe
+        while len(out) == before and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.02)
+        out.clear()
+        encoder.request_keyframe()
+        for n, item in enumerate(h264[61:63], 1):
+            assert not item[2]
+            encoder.feed(*item)
+            while len(out) < n and time.monotonic() < deadline + 5:
+                await asyncio.sleep(0.02)
+        assert [key for _, _, key in out] == [True, False]
+        encoder.close()
+        encoder.thread.join(5)
+        assert not encoder.thread.is_alive()
+
+    asyncio.run(scenario())
+
+
+def test_vp8_backlog_drops_to_the_next_keyframe() -> None:
+    backlog = _Backlog(maxsize=4)
+    assert not backlog.put(b"p", 0, False) and backlog.dropped == 1  # waits for a keyframe first
+    assert not backlog.put(b"k", 1, True)
+    assert not any(backlog.put(b"p", pts, False) for pts in range(2, 5))
+    assert backlog.put(b"p", 5, False)  # full: the 4 queued and this one go; the source is asked
+    assert backlog.dropped == 6
+    assert not backlog.put(b"p", 6, False) and backlog.dropped == 7  # still waiting, asked once
+    assert not backlog.put(b"k", 7, True)
+    assert backlog.take() == [(b"k", 7, True)]
+    backlog.close()
+    assert backlog.take() is None and not backlog.put(b"k", 8, True)
 
 
 def test_slow_viewer_drops_and_never_slows_the_others() -> None:
@@ -430,8 +593,9 @@ def test_whep_errors(gateway_factory: Callable[..., RunningGateway]) -> None:
         assert (await _post(gw.http + "/whep/w1", offer, content_type="text/plain")).status_code == 415
         assert (await _post(gw.http + "/whep/w1", "garbage")).status_code == 400
         vp8_only = await viewer_offer(["video/VP8"])
-        r = await _post(gw.http + "/whep/w1", vp8_only.localDescription.sdp)
-        assert r.status_code == 400, r.text  # WHEP sends H.264 only (no encode per viewer)
+        vp9_only = vp8_only.localDescription.sdp.replace("VP8/90000", "VP9/90000")
+        r = await _post(gw.http + "/whep/w1", vp9_only)
+        assert r.status_code == 400 and "neither H.264 nor VP8" in r.text, r.text
         r = await _post(gw.http + "/whep/w1", pub.localDescription.sdp)  # a sendonly offer
         assert r.status_code == 400 and "neither" in r.text, r.text
         # 201, then 503 at capacity (whep_max_sessions=1).

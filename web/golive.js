@@ -90,7 +90,8 @@
     state: "idle",          // idle | starting | live | stopping | error
     stream: null,
     whip: { status: null, location: null, connection: null },
-    whep: { state: "idle", status: null, location: null, connection: null, framesDecoded: 0, currentTime: 0 },
+    whep: { state: "idle", status: null, location: null, connection: null, framesDecoded: 0, currentTime: 0,
+            codec: null },
     hls: { state: "idle", fragsLoaded: 0, currentTime: 0, framesDecoded: 0 },
     latency: { whep: null, hls: null, whepSamples: 0, hlsSamples: 0 },
     sent: { width: null, height: null, codec: null },
@@ -249,6 +250,7 @@
     if (whepPc) { whepPc.close(); whepPc = null; }
     $("whep-video").srcObject = null;
     state.whep.state = "idle";
+    state.whep.codec = null;
   }
 
   // ---- HLS ---------------------------------------------------------------------------------
@@ -323,8 +325,28 @@
   async function refresh() {
     const wv = $("whep-video");
     const hv = $("hls-video");
-    state.whep.framesDecoded = quality(wv);
+    // Firefox counts no frames in getVideoPlaybackQuality() for a WebRTC stream: take the
+    // receiver's own count (inbound-rtp framesDecoded) when there is one.
+    let decoded = quality(wv);
     state.whep.currentTime = wv.currentTime;
+    if (whepPc) {
+      const pc = whepPc;
+      try {
+        const stats = await pc.getStats();
+        stats.forEach((s) => {
+          if (s.type === "inbound-rtp" && s.kind === "video") {
+            if (typeof s.framesDecoded === "number") decoded = s.framesDecoded;
+            const codec = s.codecId && stats.get(s.codecId);
+            state.whep.codec = codec ? codec.mimeType : null;
+            if (state.whep.codec) {  // H.264 as relayed, or VP8 for browsers without H.264
+              $("whep-state").textContent = "WebRTC " + pc.connectionState + ", " +
+                state.whep.codec.replace("video/", "");
+            }
+          }
+        });
+      } catch (_e) { /* closed meanwhile */ }
+    }
+    state.whep.framesDecoded = decoded;
     state.hls.framesDecoded = quality(hv);
     state.hls.currentTime = hv.currentTime;
     if (whipPc) {

@@ -1,12 +1,20 @@
 """WHIP ingest (RFC 9725): a browser or OBS publishes over WebRTC and its media becomes segments.
 
-    offer ──▶ aiortc peer (decodes; a thread per track) ──frames──▶ _FrameQueue (bounded, drops)
-          ──▶ _TsEncoder thread: libx264 (keyframe every target segment duration, on the RTP clock)
-              + AAC ──▶ MPEG-TS bytes ──▶ the ingest's publisher sink (the RTMP path from here on)
+    offer ──▶ aiortc peer ──┬─ H.264 access units (copied) ───────────┐
+                            └─ decoded frames (a thread per track) ───┴▶ _FrameQueue (bounded, drops)
+          ──▶ _TsEncoder thread: H.264 copied, or libx264 (keyframe every target segment duration,
+              on the RTP clock) + AAC ──▶ MPEG-TS bytes ──▶ the ingest's publisher sink (the RTMP
+              path from here on)
                     └─▶ the same H.264 packets + Opus ──▶ a LiveTee (the WHEP output, while watched)
 
-aiortc always decodes what it receives, so the gateway re-encodes: that is also what makes the
-segments right (a fixed GOP, one resolution per segment, AAC). The event loop never encodes.
+H.264 video (Chromium, Safari, OBS) is copied by default (``WhipSettings.copy_h264``): the access
+units aiortc's jitter buffer assembles are taken before its decoder (a stand-in for the receiver's
+decoder queue, see :class:`_CopyTap`) and muxed as they are. The GOP comes from the publisher,
+asked for an IDR (RTCP PLI, RFC 4585 6.3.1) every target segment duration on the RTP clock, so
+segments keep their duration without an encode; a publisher that changes resolution does so at an
+IDR, where the segmenter cuts. Other codecs (VP8 from Firefox), and every publisher when copying
+is off, are decoded and re-encoded with libx264 at a fixed GOP, one resolution per segment. Audio
+is always decoded (Opus) and encoded to AAC. The event loop never encodes.
 
 This module also holds the ICE helpers that ``output/whep.py`` shares: aioice never offers
 127.0.0.1 and binds every interface it finds, so host candidates are gathered here on the
@@ -21,6 +29,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -47,6 +56,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcicetransport import RTCIceGatherer, parse_stun_turn_uri
 
 from streamgw.errors import CapacityError, ConfigError, MediaError, ProtocolError, StreamgwError
+from streamgw.media.h264 import first_sps, is_idr, sps_resolution
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +297,7 @@ class WhipSettings:
     video_bitrate: int = 2_500_000  # cap (x264 VBV), bits/s; quality is CRF 23 below it
     audio_bitrate: int = 128_000  # AAC
     x264_preset: str = "ultrafast"
+    copy_h264: bool = True  # H.264 publishers are copied (keyframes asked for), not re-encoded
     max_sessions: int = 16
     negotiate_timeout: float = 10.0  # seconds for the offer/answer, gathering included
     connect_timeout: float = 20.0  # seconds from the answer until ICE and DTLS are up
@@ -298,31 +309,58 @@ class WhipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class _AccessUnit:
+    """An H.264 access unit as aiortc's jitter buffer assembled it (Annex B), not decoded."""
+
+    data: bytes
+    pts: int  # the track's RTP clock (1/90000 s) from 0
+    keyframe: bool  # holds an IDR
+
+
+@dataclass(frozen=True, slots=True)
 class _Item:
-    kind: str  # "video" | "audio"
-    frame: Any  # av.VideoFrame | av.AudioFrame, pts on the track's RTP clock from 0
+    kind: str  # "video" | "audio" (decoded) | "h264" (copied)
+    frame: Any  # av.VideoFrame | av.AudioFrame | _AccessUnit, pts on the track's RTP clock from 0
     arrival: float  # time.monotonic() when aiortc handed it over
 
 
 class _FrameQueue:
-    """Decoded frames from the event loop to the encoder thread; full means drop (never block)."""
+    """Frames from the event loop to the encoder thread; full means drop (never block).
 
-    def __init__(self, maxsize: int) -> None:
+    A decoded frame can go (the encoder makes its own GOP); once a copied access unit went, the
+    ones after it cannot be decoded, so they go too until the next IDR, which ``on_video_gap``
+    (called on the putting thread) is there to ask the publisher for.
+    """
+
+    def __init__(self, maxsize: int, on_video_gap: Callable[[], None] | None = None) -> None:
         self.maxsize = maxsize
         self.dropped = 0
+        self._on_video_gap = on_video_gap
+        self._gap = False
         self._items: collections.deque[_Item] = collections.deque()
         self._closed = False
         self._cond = threading.Condition()
 
     def put(self, item: _Item) -> None:
+        gap = False
         with self._cond:
             if self._closed:
                 return
-            if len(self._items) >= self.maxsize:
-                self.dropped += 1  # a decoded frame can go: the encoder makes its own GOP
+            copied = item.kind == "h264"
+            if copied and self._gap and not item.frame.keyframe:
+                self.dropped += 1
                 return
-            self._items.append(item)
-            self._cond.notify()
+            if len(self._items) >= self.maxsize:
+                self.dropped += 1
+                gap = copied and not self._gap
+                self._gap = self._gap or copied
+            else:
+                if copied:
+                    self._gap = False
+                self._items.append(item)
+                self._cond.notify()
+        if gap and self._on_video_gap is not None:
+            self._on_video_gap()
 
     def close(self) -> None:
         with self._cond:
@@ -364,19 +402,28 @@ def _even(n: int) -> int:
 
 
 class _TsEncoder:
-    """Encodes one publisher's decoded frames to MPEG-TS (H.264 + AAC) in a worker thread.
+    """Muxes one publisher's media to MPEG-TS (H.264 + AAC) in a worker thread.
 
-    ``write`` gets the TS bytes and ``tee_video``/``tee_audio`` the packets for WHEP; all three
-    are called in this thread (the caller hands them to its loop). The output resolution changes
-    only at a scheduled keyframe, so every segment has one resolution; in between, frames are
-    scaled to the current one.
+    Copied H.264 access units are muxed as they are; ``request_keyframe`` asks the publisher for
+    an IDR when one is due (every target duration on the RTP clock), when a WHEP viewer needs one,
+    and while waiting for the first. Decoded frames are encoded with libx264: the output
+    resolution changes only at a scheduled keyframe, so every segment has one resolution; in
+    between, frames are scaled to the current one.
+
+    ``write`` gets the TS bytes and ``tee_video``/``tee_audio`` the packets for WHEP; these and
+    ``request_keyframe`` are called in this thread (the caller hands them to its loop).
     """
+
+    # While an asked-for IDR has not come, ask again this often (a lost PLI), in 1/90000 s.
+    PLI_RETRY = 27000
 
     def __init__(self, settings: WhipSettings, has_video: bool, has_audio: bool,
                  write: Callable[[bytes], None],
                  tee_video: Callable[[bytes, int, bool], None],
                  tee_audio: Callable[[bytes, int], None],
-                 tee_active: Callable[[], bool]) -> None:
+                 tee_active: Callable[[], bool],
+                 request_keyframe: Callable[[], None] = lambda: None,
+                 stop_copying: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.has_video = has_video
         self.has_audio = has_audio
@@ -384,8 +431,12 @@ class _TsEncoder:
         self._tee_video = tee_video
         self._tee_audio = tee_audio
         self._tee_active = tee_active
+        self._request_keyframe = request_keyframe
+        self._stop_copying = stop_copying
         self.keyframe_requested = False  # set from the event loop; read here
         self.frames = 0
+        self.copied = 0  # access units muxed without re-encoding
+        self.keyframe_requests = 0  # IDRs asked of the publisher
         self.resolution_changes = 0
         self.size: tuple[int, int] | None = None
         self._origin: float | None = None
@@ -404,6 +455,11 @@ class _TsEncoder:
         self._opus: Any = None
         self._opus_resampler: Any = None
         self._opus_next = 0
+        self._sps: bytes | None = None  # of the copied stream
+        self._copy_resync = True  # a copied stream (re)starts at an IDR
+        self._pli_pts: int | None = None  # when an IDR was last asked for, until it comes
+        self._copy_off = False  # the publisher's H.264 has B-frames: decoded from now on
+        self._last_rtp: int | None = None
 
     # -- the thread body
 
@@ -415,7 +471,11 @@ class _TsEncoder:
                     # The session clock starts at 1 s, so that audio primed ahead of the first
                     # picture (_prime_audio) still has a positive timestamp.
                     self._origin = item.arrival - 1.0
-                clock = self._clocks.setdefault(item.kind, _TrackClock(self._origin))
+                kind = "audio" if item.kind == "audio" else "video"  # copied or decoded: one clock
+                clock = self._clocks.setdefault(kind, _TrackClock(self._origin))
+                if item.kind == "h264":
+                    self._copy(item.frame, clock.seconds(item.frame.pts, VIDEO_TB, item.arrival))
+                    continue
                 default_tb = VIDEO_TB if item.kind == "video" else Fraction(1, item.frame.sample_rate or AUDIO_RATE)
                 t = clock.seconds(item.frame.pts or 0, Fraction(item.frame.time_base or default_tb), item.arrival)
                 if item.kind == "video":
@@ -468,11 +528,76 @@ class _TsEncoder:
         self.size = (width, height)
         return enc
 
-    def _video(self, frame: Any, t: Fraction) -> None:
+    def _video_pts(self, t: Fraction) -> int:
         pts = int(t / VIDEO_TB)
         if pts <= self._last_vpts:
             pts = self._last_vpts + 1  # strictly increasing, whatever the sender did
         self._last_vpts = pts
+        return pts
+
+    def _copy(self, au: _AccessUnit, t: Fraction) -> None:
+        if self._copy_off:
+            return  # left over from before the switch to decoding
+        if self._last_rtp is not None and not 0 <= au.pts - self._last_rtp < 1 << 31:
+            # Timestamps out of order: B-frames (OBS with bframes > 0), which WebRTC viewers
+            # cannot play and this path cannot reorder. Decode and re-encode from here on.
+            # (aiortc's timestamp mapper takes any step back for a wrap: it shows as + ~2^32.)
+            log.warning("WHIP: the publisher's H.264 has B-frames; decoding and re-encoding it")
+            self._copy_off = True
+            self._stop_copying()
+            return
+        self._last_rtp = au.pts
+        pts = self._video_pts(t)
+        if self._venc is not None:  # the publisher went from another codec to H.264
+            self._mux_video(self._venc.encode(None))
+            self._venc = None
+            self._copy_resync = True
+        if au.keyframe:
+            self._pli_pts = None
+            sps = first_sps(au.data)
+            if sps is not None and sps != self._sps:
+                size = sps_resolution(sps)
+                if self._sps is not None and size != self.size:
+                    self.resolution_changes += 1
+                    log.info("WHIP: resolution now %dx%d", *size)
+                self._sps, self.size = sps, size
+        if self._copy_resync:
+            if not au.keyframe or self.size is None:
+                self._ask_keyframe(pts)  # nothing decodes before an IDR with its SPS
+                return
+            self._copy_resync = False
+        if self._container is None:
+            assert self.size is not None
+            self._open(*self.size)
+            self._next_kf = pts
+            if self.has_audio:
+                self._prime_audio(pts)
+        # Ask for the scheduled IDR as its time comes; one a little early (5 %) is taken as it.
+        if pts >= self._next_kf - self._gop // 20:
+            if au.keyframe:
+                while self._next_kf <= pts:
+                    self._next_kf += self._gop
+            else:
+                self._ask_keyframe(pts)
+        elif self.keyframe_requested and not au.keyframe:
+            self._ask_keyframe(pts)
+        self.keyframe_requested = False
+        packet = av.Packet(au.data)
+        packet.pts = packet.dts = pts
+        packet.time_base = VIDEO_TB
+        packet.is_keyframe = au.keyframe
+        self._mux_video([packet])
+        self.frames += 1
+        self.copied += 1
+
+    def _ask_keyframe(self, pts: int) -> None:
+        if self._pli_pts is None or pts - self._pli_pts >= self.PLI_RETRY or pts < self._pli_pts:
+            self._pli_pts = pts
+            self.keyframe_requests += 1
+            self._request_keyframe()
+
+    def _video(self, frame: Any, t: Fraction) -> None:
+        pts = self._video_pts(t)
         size = (_even(frame.width), _even(frame.height))
         if self._container is None:
             self._open(*size)
@@ -593,6 +718,45 @@ class _TsEncoder:
                 self._container.mux(packet)
 
 
+class _CopyTap(queue.Queue[Any]):
+    """Stands in for an aiortc receiver's decoder queue: H.264 frames are taken, not decoded.
+
+    aiortc's receiver puts each frame its jitter buffer completes, ``(codec, JitterFrame)``, in
+    this queue for its decoder thread (``aiortc.rtcrtpreceiver.decoder_worker``); H.264 ones go to
+    ``on_h264(data, timestamp)`` instead (on the event loop), the rest (another codec, and the
+    ``None`` that stops the thread and ends the track) go on to the decoder as before.
+    """
+
+    def __init__(self, on_h264: Callable[[bytes, int], None]) -> None:
+        super().__init__()
+        self._on_h264 = on_h264
+        self.copying = True  # False: H.264 goes to the decoder too
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None and self.copying:
+            codec, frame = item
+            if str(codec.mimeType).lower() == "video/h264":
+                self._on_h264(bytes(frame.data), int(frame.timestamp))
+                return
+        super().put(item, block, timeout)
+
+
+# aiortc 1.16 internals (pinned in pyproject): the receiver's decoder queue, read by its decoder
+# thread, which receive() starts once the connection is up.
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_STARTED = "_RTCRtpReceiver__started"
+
+
+def tap_h264(receiver: RTCRtpReceiver, on_h264: Callable[[bytes, int], None]) -> _CopyTap | None:
+    """Take ``receiver``'s H.264 frames before its decoder; None if aiortc has changed."""
+    if not isinstance(getattr(receiver, _DECODER_QUEUE, None), queue.Queue) or getattr(receiver, _STARTED, True):
+        log.warning("WHIP: cannot take H.264 from this aiortc's receiver; decoding and re-encoding it")
+        return None
+    tap = _CopyTap(on_h264)
+    setattr(receiver, _DECODER_QUEUE, tap)
+    return tap
+
+
 class _Writer:
     """The file object the TS muxer writes to."""
 
@@ -618,8 +782,9 @@ class WhipSession:
         self.remote = remote
         self.pc = pc
         self.started = time.monotonic()
-        self.frames = _FrameQueue(server.settings.queue_frames)
+        self.frames = _FrameQueue(server.settings.queue_frames, on_video_gap=self.send_pli)
         self.tracks: list[MediaStreamTrack] = []
+        self._taps: list[_CopyTap] = []
         self.sink: PublishSink | None = None
         self.tee: LiveTee | None = None
         self.encoder: _TsEncoder | None = None
@@ -637,6 +802,10 @@ class WhipSession:
             track = t.receiver.track
             if track is not None and t.kind in ("audio", "video") and track not in self.tracks:
                 self.tracks.append(track)
+                if t.kind == "video" and self.server.settings.copy_h264:
+                    tap = tap_h264(t.receiver, self._on_access_unit)
+                    if tap is not None:
+                        self._taps.append(tap)
         if not self.tracks:
             raise ProtocolError("the SDP offer sends neither audio nor video")
 
@@ -651,6 +820,8 @@ class WhipSession:
             tee_video=self._threadsafe(self._tee_video),
             tee_audio=self._threadsafe(self._tee_audio),
             tee_active=lambda: tee is not None and tee.active,
+            request_keyframe=self._threadsafe(self.send_pli),
+            stop_copying=self._threadsafe(self._stop_copying),
         )
         self._thread = threading.Thread(target=self._run_encoder, name=f"whip-{self.stream}", daemon=True)
         self._thread.start()
@@ -667,6 +838,24 @@ class WhipSession:
         """Ask the encoder for an IDR soon (a new WHEP viewer)."""
         if self.encoder is not None:
             self.encoder.keyframe_requested = True
+
+    def send_pli(self) -> None:
+        """Ask the publisher for an IDR: RTCP PLI (RFC 4585 6.3.1) on every video source."""
+        if self.closed:
+            return
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                receiver = transceiver.receiver
+                for source in receiver.getSynchronizationSources():
+                    self.server.spawn(receiver._send_rtcp_pli(source.source))
+
+    def _stop_copying(self) -> None:
+        for tap in self._taps:
+            tap.copying = False
+        self.send_pli()  # aiortc's decoder starts at the next IDR
+
+    def _on_access_unit(self, data: bytes, timestamp: int) -> None:
+        self.frames.put(_Item("h264", _AccessUnit(data, timestamp, is_idr(data)), time.monotonic()))
 
     def _threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
         def call(*args: Any) -> None:
@@ -757,8 +946,11 @@ class WhipSession:
         elif self.sink is not None:
             self.sink.close(clean=clean)
         await self.pc.close()
-        log.info("stream %s: WHIP session %s closed (%s; %d frames encoded, %d dropped)", self.stream, self.id,
-                 "clean" if clean else "dropped", self.encoder.frames if self.encoder else 0, self.frames.dropped)
+        enc = self.encoder
+        log.info("stream %s: WHIP session %s closed (%s; %d pictures, %d of them copied, %d dropped, "
+                 "%d IDRs asked for)", self.stream, self.id, "clean" if clean else "dropped",
+                 enc.frames if enc else 0, enc.copied if enc else 0, self.frames.dropped,
+                 enc.keyframe_requests if enc else 0)
 
 
 class WhipServer:
@@ -798,7 +990,7 @@ class WhipServer:
             for kind, _ in offered_media(offer):
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 if kind == "video":
-                    prefer_codecs(transceiver, ["video/H264"])  # cheaper to decode than VP8
+                    prefer_codecs(transceiver, ["video/H264"])  # copied as it is (or cheaper to decode than VP8)
             answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice, session.take_tracks),
                                             self.settings.negotiate_timeout)
             # The stream exists from here on (this also refuses a name already live).

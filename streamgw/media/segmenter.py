@@ -21,6 +21,7 @@ import av
 import av.error
 
 from streamgw.errors import KeyframeTimeout, MediaError, SegmentTooLarge
+from streamgw.media.h264 import first_sps, sps_resolution
 from streamgw.media.mpegts import muxer_options, strip_leading_sdt
 from streamgw.segment import Segment
 
@@ -91,9 +92,10 @@ class _Cut:
 class Segmenter:
     """Reads one publisher's byte stream and emits :class:`Segment` values until end of input.
 
-    ``on_info`` is called once after probing, ``on_segment`` for each finished segment with
-    ``latency`` = seconds from the arrival of the bytes that closed it to its emission. Both run
-    in the worker thread: the caller hands values to its event loop thread-safely.
+    ``on_info`` is called after probing and again when the picture size changes, ``on_segment``
+    for each finished segment with ``latency`` = seconds from the arrival of the bytes that closed
+    it to its emission. Both run in the worker thread: the caller hands values to its event loop
+    thread-safely.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class Segmenter:
         cut: _Cut | None = None
         first_seen: int | None = None
         last_end = 0
+        size = (info.width, info.height) if info.width and info.height else None
         for packet in container.demux(streams):
             if packet.dts is None or packet.size == 0:
                 continue
@@ -157,11 +160,19 @@ class Segmenter:
             ts = int(Fraction(pts) * Fraction(packet.time_base) / tb)
             is_cut_point = packet.is_keyframe if video is not None else True
             if packet.stream is clock and is_cut_point:
+                # A new picture size starts a new segment at once, marked as a discontinuity
+                # (RFC 8216 6.2.1: encoding parameters changed): one size per segment.
+                new_size = picture_size(packet) if video is not None else None
+                resized = new_size is not None and new_size != size
+                if new_size is not None and resized:
+                    size = new_size
+                    self._on_info(dataclasses.replace(info, width=size[0], height=size[1],
+                                                      probe_seconds=round(self._probed, 4)))
                 if cut is None:
                     cut = _Cut(streams, ts, self._discontinuity)
-                elif ts - cut.start_pts >= target:
+                elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
                     self._emit(cut, ts - cut.start_pts, tb, source)
-                    cut = _Cut(streams, ts, False)
+                    cut = _Cut(streams, ts, resized)
             if packet.stream is clock:
                 end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
                 last_end = max(last_end, end)
@@ -219,6 +230,23 @@ def _media_info(video: Any, audio: Any) -> MediaInfo:
         channels=audio.codec_context.channels if audio is not None else None,
         codecs=",".join(codecs),
     )
+
+
+def picture_size(packet: Any) -> tuple[int, int] | None:
+    """The picture size an H.264 keyframe's in-band SPS gives (Annex B packets: MPEG-TS input).
+
+    None when the packet has no SPS of its own (FLV packets keep theirs in the stream's extradata).
+    """
+    data = bytes(packet)
+    if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
+        return None
+    sps = first_sps(data)
+    if sps is None:
+        return None
+    try:
+        return sps_resolution(sps)
+    except MediaError:
+        return None  # the decoder will say what is wrong with it
 
 
 def avc_codec_string(data: bytes | None) -> str | None:

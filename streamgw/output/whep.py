@@ -14,6 +14,13 @@ bounded: a viewer that falls behind drops audio oldest-first and video up to the
 counted, and never slows the relay or the other viewers. What aiortc still does per viewer is
 RTP packetization and SRTP; it cannot forward a viewer's picture-loss request (PLI) for packets
 it did not encode, so loss recovers at the next keyframe, which a new or lagging viewer asks for.
+
+A viewer whose offer has no H.264 but VP8 (Firefox without its OpenH264 plugin) gets VP8 from
+one :class:`_Vp8Encoder` per relay, shared by all its VP8 viewers: a worker thread decodes the
+relay's H.264 once and encodes it once with libvpx (realtime), started with the relay's first
+VP8 viewer and stopped with its last. Its keyframes follow the source's and come on request
+(a new or lagging VP8 viewer); when it falls behind it encodes only the newest picture, and past
+its backlog it drops to the next H.264 keyframe. An offer with neither codec is refused.
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ class WhepSettings:
     preroll: float = 0.3  # segment relays: delay added to the first segment's packets, seconds
     segment_backlog: int = 3  # segments waiting for a relay's worker; older ones are dropped
     x264_preset: str = "ultrafast"  # only for segments with B-frames (re-encoded once per relay)
-    video_bitrate: int = 2_500_000
+    video_bitrate: int = 2_500_000  # the most a re-encode (x264 or VP8) may use, bit/s
+    vp8_cpu_used: int = 10  # libvpx realtime speed, 0-16: higher is faster and looks worse
+    vp8_backlog: int = 30  # H.264 packets waiting for a relay's VP8 encoder; past that it drops
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +175,18 @@ class _PacketTrack(MediaStreamTrack):
 class _Viewer:
     """One WHEP session: a peer connection and its two queues."""
 
-    def __init__(self, output: WhepOutput, relay: _Relay, remote: str, pc: RTCPeerConnection) -> None:
+    def __init__(self, output: WhepOutput, relay: _Relay, remote: str, pc: RTCPeerConnection,
+                 video_codec: str = "h264") -> None:
         self.output = output
         self.relay = relay
         self.remote = remote
         self.pc = pc
+        self.video_codec = video_codec  # "h264" (the relay's packets) or "vp8" (its VP8 encoder's)
         self.id = secrets.token_urlsafe(12)
         self.started = time.monotonic()
-        self.queues = {kind: _ViewerQueue(kind, output.settings.viewer_queue, relay.request_keyframe)
-                       for kind in ("video", "audio")}
+        need_keyframe = relay.request_vp8_keyframe if video_codec == "vp8" else relay.request_keyframe
+        self.queues = {"video": _ViewerQueue("video", output.settings.viewer_queue, need_keyframe),
+                       "audio": _ViewerQueue("audio", output.settings.viewer_queue, relay.request_keyframe)}
         self.tracks = {kind: _PacketTrack(q) for kind, q in self.queues.items()}
         self.closed = False
         self._watch: asyncio.Task[None] | None = None
@@ -212,8 +224,8 @@ class _Viewer:
         for track in self.tracks.values():
             track.stop()
         await self.pc.close()
-        log.info("WHEP viewer %s of %s/%s left after %.1f s (%d packets sent, %d dropped)", self.remote,
-                 *self.relay.key, time.monotonic() - self.started,
+        log.info("WHEP viewer %s of %s/%s left after %.1f s (%s; %d packets sent, %d dropped)", self.remote,
+                 *self.relay.key, time.monotonic() - self.started, self.video_codec,
                  sum(q.sent for q in self.queues.values()), self.dropped)
 
 
@@ -228,6 +240,9 @@ class _Relay:
         self.output = output
         self.key = key
         self.viewers: set[_Viewer] = set()
+        self.vp8_viewers: set[_Viewer] = set()  # those of ``viewers`` that get VP8
+        self.vp8: _Vp8Encoder | None = None  # while there are VP8 viewers
+        self.vp8_encoders_started = 0
         self.live = False  # fed by a WHIP encoder through a tee
         self.feeder: _SegmentFeeder | None = None
         self.keyframe_source: Callable[[], None] | None = None
@@ -252,6 +267,33 @@ class _Relay:
         if self.keyframe_source is not None:
             self.keyframe_source()
 
+    def add(self, viewer: _Viewer) -> None:
+        """A new viewer; the first VP8 one starts the relay's VP8 encoder."""
+        self.viewers.add(viewer)
+        if viewer.video_codec != "vp8":
+            return
+        self.vp8_viewers.add(viewer)
+        if self.vp8 is None:
+            self.vp8 = _Vp8Encoder(f"whep-vp8-{self.key[0]}-{self.key[1]}", self.output.settings,
+                                   self.publish_vp8, self.request_keyframe)
+            self.vp8_encoders_started += 1
+            log.info("WHEP %s/%s: VP8 encoder started", *self.key)
+
+    def remove(self, viewer: _Viewer) -> None:
+        """A viewer left; the last VP8 one stops the VP8 encoder."""
+        self.viewers.discard(viewer)
+        self.vp8_viewers.discard(viewer)
+        if not self.vp8_viewers and self.vp8 is not None:
+            vp8, self.vp8 = self.vp8, None
+            vp8.close()
+            log.info("WHEP %s/%s: VP8 encoder stopped (%d pictures in, %d encoded, %d skipped, %d packets dropped)",
+                     *self.key, vp8.frames_in, vp8.frames_out, vp8.skipped, vp8.dropped)
+
+    def request_vp8_keyframe(self) -> None:
+        """A VP8 viewer needs a keyframe (it is new, or it dropped frames)."""
+        if self.vp8 is not None:
+            self.vp8.request_keyframe()
+
     def publish(self, out: _Out) -> None:
         """Hand one packet to every viewer (on the event loop; never blocks)."""
         t = out.t + self._offset
@@ -267,7 +309,20 @@ class _Relay:
         packet = av.Packet(out.data)
         packet.pts = int(t / tb)
         packet.time_base = tb
+        vp8 = self.vp8_viewers
         for viewer in self.viewers:
+            if out.kind == "audio" or viewer not in vp8:
+                viewer.push(out, packet)
+        if out.kind == "video" and self.vp8 is not None:
+            self.vp8.feed(out.data, packet.pts, out.keyframe)
+
+    def publish_vp8(self, data: bytes, pts: int, keyframe: bool) -> None:
+        """Hand one packet of the VP8 encoder (pts on the viewers' clock, 1/90000) to the VP8 viewers."""
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = VIDEO_TB
+        out = _Out("video", data, pts, keyframe, pts * VIDEO_TB)
+        for viewer in self.vp8_viewers:
             viewer.push(out, packet)
 
     def idle(self) -> bool:
@@ -492,8 +547,215 @@ class _SegmentWorker:
         return out
 
 
+class _Backlog:
+    """H.264 packets (data, pts, keyframe) waiting for a VP8 encoder thread; bounded.
+
+    Past ``maxsize`` what is queued is stale: it is dropped, and so is everything up to the next
+    keyframe (a decoder can only restart at one). Thread-safe: ``put`` on the event loop,
+    ``take`` in the worker.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.closed = False
+        self._items: list[tuple[bytes, int, bool]] = []
+        self._cond = threading.Condition()
+        self._waiting_keyframe = True  # a decoder can only start at an IDR
+
+    def put(self, data: bytes, pts: int, keyframe: bool) -> bool:
+        """Queue a packet without blocking; True when it overflowed and a keyframe is needed."""
+        with self._cond:
+            if self.closed:
+                return False
+            overflow = not self._waiting_keyframe and len(self._items) >= self.maxsize
+            if overflow:
+                self.dropped += len(self._items)
+                self._items.clear()
+                self._waiting_keyframe = True
+            if self._waiting_keyframe:
+                if not keyframe:
+                    self.dropped += 1
+                    return overflow
+                self._waiting_keyframe = False
+            self._items.append((data, pts, keyframe))
+            self._cond.notify()
+            return False
+
+    def take(self) -> list[tuple[bytes, int, bool]] | None:
+        """Everything queued, once there is something; None once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._items) or self.closed)
+            if self.closed:
+                return None
+            items, self._items = self._items, []
+            return items
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+class _Vp8Encoder:
+    """A relay's VP8 for viewers without H.264: its H.264 decoded once and encoded once, in a thread.
+
+    The event loop only queues H.264 packets in (``feed``) and hands VP8 packets on (``deliver``).
+    The input is bounded: when pictures wait, only the newest is encoded (the others are counted
+    in ``skipped``); past ``vp8_backlog`` packets the queue is dropped up to the next H.264
+    keyframe, which the source is asked for. A VP8 keyframe comes with each H.264 keyframe (so
+    VP8 viewers recover from loss as often as H.264 ones) and on request, at most once per
+    ``keyframe_interval``.
+    """
+
+    def __init__(self, name: str, settings: WhepSettings, deliver: Callable[[bytes, int, bool], None],
+                 source_keyframe: Callable[[], None]) -> None:
+        self.settings = settings
+        self.frames_in = 0  # H.264 pictures decoded
+        self.frames_out = 0  # VP8 pictures encoded
+        self.skipped = 0  # decoded pictures not encoded because a newer one was waiting
+        self.keyframes = 0  # VP8 keyframes made
+        self.keyframe_requested = False  # set on the loop, read in the thread
+        self.backlog = _Backlog(settings.vp8_backlog)
+        self._deliver = deliver
+        self._source_keyframe = source_keyframe
+        self._loop = asyncio.get_running_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+        source_keyframe()
+
+    def request_keyframe(self) -> None:
+        """Make the next picture a keyframe (or the first one ``keyframe_interval`` after the last)."""
+        self.keyframe_requested = True
+
+    @property
+    def dropped(self) -> int:
+        """H.264 packets dropped: the backlog was full, or a keyframe was awaited."""
+        return self.backlog.dropped
+
+    def feed(self, data: bytes, pts: int, keyframe: bool) -> None:
+        """Queue one H.264 packet (``pts`` on the viewers' clock); never blocks."""
+        if self.backlog.put(data, pts, keyframe):
+            self._source_keyframe()
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next wake-up, dropping what is queued)."""
+        self.backlog.close()
+
+    def _run(self) -> None:
+        decoder = av.CodecContext.create("h264", "r")
+        decoder.thread_count = 1  # at most one core per relay (decoding is ~3% of it at 720p30)
+        decoder.flags |= av.codec.context.Flags.low_delay
+        encoder: Any = None
+        last_pts = -1
+        last_requested = -1e9  # when a keyframe was last made on request (time.monotonic)
+        while (batch := self.backlog.take()) is not None:
+            newest: Any = None
+            source_keyframe = False
+            for data, pts, keyframe in batch:
+                packet = av.Packet(data)
+                packet.pts = pts
+                packet.time_base = VIDEO_TB
+                try:
+                    frames = decoder.decode(packet)
+                except (av.error.FFmpegError, ValueError) as exc:
+                    log.debug("WHEP VP8: undecodable H.264 packet: %s", exc)
+                    continue
+                source_keyframe = source_keyframe or keyframe
+                for frame in frames:
+                    self.frames_in += 1
+                    if newest is not None:
+                        self.skipped += 1
+                    newest = frame
+                    if frame.pts is None:
+                        frame.pts = pts
+            if newest is None:
+                continue
+            size = (newest.width, newest.height)
+            force = source_keyframe
+            if encoder is None or (encoder.width, encoder.height) != size:
+                encoder = self._new_encoder(*size)
+                force = True
+            now = time.monotonic()
+            if self.keyframe_requested and (force or now - last_requested >= self.settings.keyframe_interval):
+                self.keyframe_requested = False
+                if not force:
+                    last_requested = now
+                force = True
+            pts = max(int(newest.pts), last_pts + 1)
+            last_pts = pts
+            frame = newest if newest.format.name == "yuv420p" else newest.reformat(format="yuv420p")
+            frame.pts = pts
+            frame.time_base = VIDEO_TB
+            # A decoded frame keeps the H.264 picture type; libvpx must choose its own.
+            frame.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
+            try:
+                packets = encoder.encode(frame)
+            except (av.error.FFmpegError, ValueError) as exc:
+                log.warning("WHEP VP8: encoder failed (%s); starting a new one", exc)
+                encoder = None
+                continue
+            self.frames_out += 1
+            for q in packets:
+                self.keyframes += bool(q.is_keyframe)
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to deliver to
+                    self._loop.call_soon_threadsafe(self._hand_on, bytes(q), int(q.pts), bool(q.is_keyframe))
+
+    def _hand_on(self, data: bytes, pts: int, keyframe: bool) -> None:
+        if not self.backlog.closed:  # once stopped, nothing more reaches the viewers
+            self._deliver(data, pts, keyframe)
+
+    def _new_encoder(self, width: int, height: int) -> Any:
+        enc = av.CodecContext.create("libvpx", "w")
+        enc.width, enc.height = width, height
+        enc.pix_fmt = "yuv420p"
+        enc.time_base = VIDEO_TB
+        enc.framerate = Fraction(30)
+        # About 3 bits per pixel and second (720p: 2.8 Mbit/s), within video_bitrate.
+        rate = max(200_000, min(self.settings.video_bitrate, width * height * 3))
+        enc.bit_rate = rate
+        enc.gop_size = 1 << 30  # keyframes only when forced (above)
+        enc.qmin, enc.qmax = 4, 56
+        enc.thread_count = 1
+        # WebRTC-style realtime VP8, as aiortc's own encoder sets it: CBR over a 1 s buffer, no
+        # lookahead (lag-in-frames 0: each picture comes out as it goes in), one token partition.
+        enc.options = {
+            "deadline": "realtime", "cpu-used": str(self.settings.vp8_cpu_used), "lag-in-frames": "0",
+            "minrate": str(rate), "maxrate": str(rate), "bufsize": str(rate),
+            "overshoot-pct": "15", "undershoot-pct": "100", "static-thresh": "1", "partitions": "0",
+        }
+        log.info("WHEP VP8: encoding %dx%d at %d kbit/s", width, height, rate // 1000)
+        return enc
+
+
 # ---------------------------------------------------------------------------------------------
 # The output
+
+
+def offered_video_codecs(sdp: str) -> set[str]:
+    """Lower-case names of the codecs in an SDP offer's video m-sections (``a=rtpmap``, RFC 8866 6.6)."""
+    out: set[str] = set()
+    kind = ""
+    for line in sdp.splitlines():
+        line = line.strip()
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+        elif kind == "video" and line.startswith("a=rtpmap:"):
+            name = line.partition(" ")[2].split("/", 1)[0].strip().lower()
+            if name:
+                out.add(name)
+    return out
+
+
+# What a viewer's video can be, best first: the relay's H.264 as is, or the shared VP8 re-encode.
+VIDEO_CODECS = {"h264": "video/H264", "vp8": "video/VP8"}
+
+
+def choose_video_codec(sdp: str) -> str | None:
+    """The video codec to send for an offer: ``h264``, else ``vp8``, else None (neither is offered)."""
+    offered = offered_video_codecs(sdp)
+    return next((codec for codec in VIDEO_CODECS if codec in offered), None)
 
 
 class WhepOutput:
@@ -572,8 +834,9 @@ class WhepOutput:
     async def play(self, stream: str, rendition: str, offer: str, remote: str) -> tuple[str, str]:
         """Answer a viewer's offer for ``stream``/``rendition``; returns (session id, answer SDP).
 
-        Raises ProtocolError (a bad offer, or one without H.264 or that receives nothing) and
-        CapacityError.
+        Video is H.264 when the offer has it, else VP8 (see :class:`_Vp8Encoder`). Raises
+        ProtocolError (a bad offer, one with neither H.264 nor VP8 video, or one that receives
+        nothing) and CapacityError.
         """
         if self._closing or len(self.viewers) + self._pending >= self.settings.max_sessions:
             raise CapacityError(f"at WHEP capacity ({self.settings.max_sessions} viewers)")
@@ -581,11 +844,17 @@ class WhepOutput:
         pc = new_peer_connection(self.ice)
         relay = self._relay((stream, rendition))
         try:
-            viewer = _Viewer(self, relay, remote, pc)
             media = offered_media(offer)
             if not any(direction in ("recvonly", "sendrecv") for _, direction in media):
                 raise ProtocolError("the SDP offer receives neither audio nor video")
-            mimes = {"video": "video/H264", "audio": "audio/opus"}
+            video_codec = "h264"
+            if any(kind == "video" and direction in ("recvonly", "sendrecv") for kind, direction in media):
+                chosen = choose_video_codec(offer)
+                if chosen is None:
+                    raise ProtocolError("the SDP offer has neither H.264 nor VP8 video (WHEP sends only those)")
+                video_codec = chosen
+            viewer = _Viewer(self, relay, remote, pc, video_codec)
+            mimes = {"video": VIDEO_CODECS[video_codec], "audio": "audio/opus"}
             for kind in dict.fromkeys(kind for kind, _ in media):  # our one track of each kind
                 prefer_codecs(pc.addTransceiver(viewer.tracks[kind], direction="sendonly"), [mimes[kind]], only=True)
             answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice), self.settings.negotiate_timeout)
@@ -604,11 +873,11 @@ class WhepOutput:
         if self.relays.get(relay.key) is not relay:  # the stream ended while negotiating
             await pc.close()
             raise CapacityError(f"stream {stream!r} ended")
-        relay.viewers.add(viewer)
+        relay.add(viewer)
         self.viewers[viewer.id] = viewer
         viewer.start()
-        log.info("WHEP viewer %s of %s/%s (session %s; %d watching)", remote, stream, rendition, viewer.id,
-                 len(relay.viewers))
+        log.info("WHEP viewer %s of %s/%s (session %s, %s; %d watching)", remote, stream, rendition, viewer.id,
+                 video_codec, len(relay.viewers))
         return viewer.id, answer
 
     async def stop(self, session_id: str) -> bool:
@@ -621,7 +890,7 @@ class WhepOutput:
 
     def _forget(self, viewer: _Viewer) -> None:
         self.viewers.pop(viewer.id, None)
-        viewer.relay.viewers.discard(viewer)
+        viewer.relay.remove(viewer)
         self._maybe_drop(viewer.relay)
 
     def _maybe_drop(self, relay: _Relay) -> None:

@@ -1,0 +1,104 @@
+"""The Go-live page in headless Firefox: publish over WHIP (VP8), play back over WHEP (VP8) and HLS.
+
+Firefox here has no H.264 for WebRTC (it downloads its OpenH264 plugin at run time, which a test
+machine cannot), so it publishes VP8, which the WHIP ingest re-encodes anyway, and is served VP8
+by the WHEP relay's shared encoder. HLS is H.264 through MSE, which Firefox decodes with the
+system's FFmpeg libraries.
+
+Firefox is driven over WebDriver BiDi (tests/bidi.py): no geckodriver is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.bidi import FIREFOX, Firefox
+from tests.conftest import RunningGateway
+
+
+@pytest.fixture
+def firefox() -> Iterator[Firefox]:
+    """Headless Firefox with a fake camera and microphone; fails (not skips) when it is missing."""
+    assert FIREFOX.exists(), f"{FIREFOX} is missing (apt-get install firefox-esr; scripts/test.sh does)"
+    browser = Firefox()
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
+
+
+@pytest.mark.slow
+def test_golive_in_firefox_publishes_and_plays_itself_back(
+        gateway_factory: Callable[..., RunningGateway], firefox: Firefox) -> None:
+    # Firefox 153 offers no 127.0.0.1 candidate, even with media.peerconnection.ice.loopback
+    # (and force_interface=lo), and its candidates on the machine's own addresses never paired
+    # with the gateway's 127.0.0.1 one (ICE failed): so the gateway advertises every
+    # non-loopback address of this machine instead, as a LAN deployment would.
+    gw = gateway_factory(webrtc_addrs="*")
+    firefox.navigate(gw.http + "/web/golive.html?stream=golivefx")
+    codecs = firefox.evaluate("RTCRtpReceiver.getCapabilities('video').codecs.map((c) => c.mimeType).join(' ')")
+    print("Firefox WebRTC video codecs:", codecs)
+
+    def state() -> dict[str, Any]:
+        text = firefox.evaluate(
+            "(() => { const w = document.getElementById('whep-video');"
+            " const h = document.getElementById('hls-video');"
+            " return JSON.stringify(Object.assign({}, window.streamgwGoLive, {whepTime: w.currentTime,"
+            " whepReady: w.readyState, whepWidth: w.videoWidth, hlsTime: h.currentTime})); })()")
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    def describe() -> str:
+        streams = gw.get("/api/streams").json()
+        return json.dumps(state(), indent=1) + "\nstreams: " + json.dumps(streams) + "\nfirefox:\n" + firefox.log()
+
+    firefox.evaluate("document.getElementById('resolution').value = '640x360';"  # light on 2 cores
+                     " document.getElementById('start').click()")
+    _wait(lambda: state()["state"] in ("live", "error"), 20, describe)
+    assert state()["state"] == "live", describe()
+    assert state()["whip"]["status"] == 201 and state()["whip"]["location"].startswith("/whip/session/")
+
+    # The gateway has the stream from a WHIP publisher (Firefox sends VP8), segments coming in H.264.
+    _wait(lambda: gw.get("/api/streams/golivefx").json().get("segments", 0) >= 1, 20, describe)
+    info = gw.get("/api/streams/golivefx").json()
+    assert info["publisher"].startswith("whip:") and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert state()["sent"]["codec"] == "video/VP8", describe()
+
+    # WHEP: the page plays itself back in VP8 from the relay's one VP8 encoder.
+    _wait(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)
+    start = state()
+    _wait(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
+          20, describe)
+    assert state()["whepWidth"] > 0 and state()["whep"]["codec"] == "video/VP8", describe()
+    relay = gw.call(lambda: gw.node.whep.relays[("golivefx", "source")])
+    assert relay.vp8 is not None and relay.vp8_encoders_started == 1 and len(relay.vp8_viewers) == 1
+    # The clock stamp is read back from the WHEP picture: glass-to-glass latency measured.
+    _wait(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
+    whep_ms = state()["latency"]["whep"]
+    assert 0 <= whep_ms < 3000, describe()
+
+    # HLS plays too (hls.js, H.264 through MSE).
+    _wait(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
+    final = state()
+    assert not final["errors"], describe()
+    print("Firefox: WHEP latency", whep_ms, "ms; HLS latency", final["latency"]["hls"], "ms")
+
+    # Stop: the page DELETEs its WHIP session, the stream ends, the VP8 encoder stops with its viewer.
+    firefox.evaluate("document.getElementById('stop').click()")
+    _wait(lambda: gw.get("/api/streams/golivefx").json().get("state") == "ended", 15, describe)
+    _wait(lambda: not gw.call(lambda: list(gw.node.whep.viewers)), 10, describe)
+    assert relay.vp8 is None

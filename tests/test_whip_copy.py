@@ -1,0 +1,122 @@
+"""WHIP H.264 copy mode: what the copy path does with awkward publishers, and its frame queue."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streamgw.ingest.webrtc import _AccessUnit, _FrameQueue, _Item
+from tests.conftest import RunningGateway
+from tests.test_whip_whep import Tone, _delete, _post, connect, hls_segments, publisher_offer, run
+
+VIDEO_TB = fractions.Fraction(1, 90000)
+
+
+def encoded(frames: int, **options: str) -> list[tuple[bytes, int]]:
+    """(Annex B packet, pts in 1/90000) in decode order, from libx264 at 320x240, 30 fps."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = 320, 240, "yuv420p"
+    enc.time_base = fractions.Fraction(1, 30)
+    enc.options = {"preset": "ultrafast", "g": "60", **options}
+    out: list[tuple[bytes, int]] = []
+    for i in range(frames):
+        img = np.full((240, 320, 3), 80, np.uint8)
+        img[:, (i * 5) % 300:(i * 5) % 300 + 20] = 250
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        out += [(bytes(p), int(p.pts) * 3000) for p in enc.encode(frame)]
+    out += [(bytes(p), int(p.pts) * 3000) for p in enc.encode(None)]
+    return out
+
+
+class Packets(MediaStreamTrack):
+    """Pre-encoded video sent in real time by its decode order (aiortc packetizes, no encode)."""
+
+    kind = "video"
+
+    def __init__(self, packets: list[tuple[bytes, int]]) -> None:
+        super().__init__()
+        self.packets = packets
+        self.i = 0
+        self.start = 0.0
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live" or self.i >= len(self.packets):
+            raise MediaStreamError
+        if self.i == 0:
+            self.start = time.time()
+        await asyncio.sleep(max(0.0, self.start + self.i / 30 - time.time()))
+        data, pts = self.packets[self.i]
+        self.i += 1
+        packet = av.Packet(data)
+        packet.pts = pts + 90000  # B-frames make the first pts negative-ish otherwise
+        packet.time_base = VIDEO_TB
+        return packet
+
+
+def test_b_frames_switch_the_publisher_to_decoding(gateway_factory: Callable[..., RunningGateway]) -> None:
+    """OBS with B-frames: timestamps go back, so the gateway decodes and re-encodes from then on."""
+    gw = gateway_factory(whip_video="copy")
+    packets = encoded(150, bf="2", profile="main")
+    assert any(b[1] < a[1] for a, b in zip(packets, packets[1:])), "the clip has no B-frames"
+    seen: dict[str, Any] = {}
+
+    def state() -> dict[str, Any]:
+        enc = next(iter(gw.node.whip.sessions.values())).encoder
+        return {"pictures": enc.frames, "copied": enc.copied, "off": enc._copy_off}
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Packets(packets), Tone())
+        r = await _post(gw.http + "/whip/bframes", pc.localDescription.sdp)
+        await connect(pc, r)
+        await asyncio.sleep(5.5)
+        seen.update(await asyncio.to_thread(gw.call, state))
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        await pc.close()
+
+    run(scenario())
+    assert seen["off"] and seen["copied"] < 5 and seen["pictures"] > 60, seen
+    gw.wait_for(lambda: gw.get("/api/streams/bframes").json()["state"] == "ended", 10, "the stream to end")
+    segments = hls_segments(gw, "bframes")
+    assert segments
+    pts: list[int] = []
+    for data in segments:
+        with av.open(io.BytesIO(data), format="mpegts") as c:
+            first = next(p for p in c.demux(video=0) if p.size)
+            assert first.is_keyframe
+        with av.open(io.BytesIO(data), format="mpegts") as c:
+            pts += [int(f.pts) for f in c.decode(video=0)]
+    # Re-encoded without B-frames and in order: presentation order is decode order.
+    assert len(pts) > 60 and pts == sorted(pts) and len(set(pts)) == len(pts)
+
+
+def test_frame_queue_drops_copied_video_until_the_next_idr() -> None:
+    gaps: list[int] = []
+    q = _FrameQueue(2, on_video_gap=lambda: gaps.append(1))
+
+    def au(n: int, key: bool = False) -> _Item:
+        return _Item("h264", _AccessUnit(b"\x00\x00\x01" + bytes([0x65 if key else 0x41, n]), n * 3000, key), 0.0)
+
+    q.put(au(0, key=True))
+    q.put(au(1))
+    q.put(au(2))  # full: dropped, and everything up to the next IDR with it
+    q.put(_Item("audio", object(), 0.0))  # full: dropped, no gap for audio
+    assert q.get() == au(0, key=True)
+    q.put(au(3))  # room again, but 2 is gone: 3 cannot decode
+    q.put(_Item("audio", "a", 0.0))  # audio still flows
+    assert q.get() == au(1)
+    q.put(au(4, key=True))  # the next IDR: video flows again
+    assert q.get() == _Item("audio", "a", 0.0)
+    q.put(au(5))
+    assert [q.get(), q.get()] == [au(4, key=True), au(5)]
+    assert gaps == [1] and q.dropped == 3
+    q.close()
+    assert q.get() is None
