@@ -1,7 +1,9 @@
 """WebRTC benchmarks: glass-to-glass latency WHIP -> WHEP and WHIP -> HLS, and CPU per 720p publisher.
 
 The gateway under test is ``streamgw gateway`` in its own process on free 127.0.0.1 ports
-(passthrough: no orchestrator), started by the benchmark.
+(passthrough: no orchestrator), started by the benchmark once per ``--modes`` entry: ``copy``
+(WHIP H.264 copied, an IDR asked for every segment) and ``transcode`` (decoded and re-encoded
+with libx264 at a fixed GOP), the baseline the last printed line compares copy against.
 
 Latency: an aiortc publisher sends 1280x720 at 30 fps (plus a tone) whose every frame carries its
 send time, a clock stamp of black and white blocks across the top 1/18 of the picture (the layout
@@ -21,7 +23,7 @@ real time. After a warm-up, the gateway process's CPU time (utime+stime of all i
 /proc/PID/stat) is read over a window: per publisher = that / N. Every stream must keep producing
 segments.
 
-    python benchmarks/webrtc_latency.py [--seconds 30] [--publishers 1 2 4] [--window 20]
+    python benchmarks/webrtc_latency.py [--seconds 30] [--publishers 1 2 4] [--window 20] [--modes copy transcode]
 """
 
 from __future__ import annotations

@@ -119,6 +119,14 @@ def test_golive_publishes_and_plays_itself_back(gateway: RunningGateway, browser
     # HLS plays too, side by side.
     _wait(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
     final = state()
+    # Chromium publishes H.264: copied, not re-encoded; its IDRs come when asked for (PLI), so
+    # the segments have the target duration (2 s) without a fixed GOP of its own.
+    _wait(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 3, 20, describe)
+    session = gw.call(lambda: next(iter(gw.node.whip.sessions.values())))
+    assert session.encoder.copied == session.encoder.frames > 0 and session.encoder.keyframe_requests >= 2
+    playlist = gw.get("/stream/golive1/source.m3u8").text
+    durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
+    assert all(abs(d - 2.0) < 0.3 for d in durations[1:]), playlist  # the first starts at the first IDR
     assert not final["errors"], describe()
     browser.save_screenshot(str(tmp_path / "golive.png"))
     print("WHEP latency", whep_ms, "ms; HLS latency", final["latency"]["hls"], "ms;", tmp_path / "golive.png")
