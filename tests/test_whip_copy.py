@@ -120,3 +120,38 @@ def test_frame_queue_drops_copied_video_until_the_next_idr() -> None:
     assert gaps == [1] and q.dropped == 3
     q.close()
     assert q.get() is None
+
+
+def test_a_publisher_that_ignores_keyframe_requests_is_re_encoded_from_its_next_idr(
+        gateway_factory: Callable[..., RunningGateway]) -> None:
+    """A sender with a 5 s GOP that ignores PLI: copied until its next IDR, then re-encoded at 2 s."""
+    gw = gateway_factory(whip_video="copy")
+    packets = encoded(270, g="150", keyint_min="150", sc_threshold="0", bf="0")  # 9 s, IDRs at 0 and 5 s
+    seen: dict[str, Any] = {}
+
+    def state() -> dict[str, Any]:
+        enc = next(iter(gw.node.whip.sessions.values())).encoder
+        return {"pictures": enc.frames, "copied": enc.copied, "asked": enc.decoding_asked}
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Packets(packets), Tone())
+        r = await _post(gw.http + "/whip/longgop", pc.localDescription.sdp)
+        await connect(pc, r)
+        await asyncio.sleep(8.5)
+        seen.update(await asyncio.to_thread(gw.call, state))
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        await pc.close()
+
+    run(scenario())
+    # Copied up to the IDR at 5 s (150 pictures), encoded after it.
+    assert seen["asked"] and 140 <= seen["copied"] <= 150 and seen["pictures"] > seen["copied"] + 60, seen
+    gw.wait_for(lambda: gw.get("/api/streams/longgop").json()["state"] == "ended", 10, "the stream to end")
+    playlist = gw.get("/stream/longgop/source.m3u8").text
+    durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
+    # The publisher's own 5 s GOP, then at most 2 s: the gateway's GOP.
+    assert abs(durations[0] - 5.0) < 0.2 and durations[1:] and all(d <= 2.1 for d in durations[1:]), playlist
+    for data in hls_segments(gw, "longgop"):
+        with av.open(io.BytesIO(data), format="mpegts") as c:
+            assert next(p for p in c.demux(video=0) if p.size).is_keyframe
+        with av.open(io.BytesIO(data), format="mpegts") as c:
+            assert sum(1 for _ in c.decode(video=0)) > 0

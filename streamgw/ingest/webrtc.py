@@ -13,8 +13,10 @@ decoder queue, see :class:`_CopyTap`) and muxed as they are. The GOP comes from 
 asked for an IDR (RTCP PLI, RFC 4585 6.3.1) every target segment duration on the RTP clock, so
 segments keep their duration without an encode; a publisher that changes resolution does so at an
 IDR, where the segmenter cuts. Other codecs (VP8 from Firefox), and every publisher when copying
-is off, are decoded and re-encoded with libx264 at a fixed GOP, one resolution per segment. Audio
-is always decoded (Opus) and encoded to AAC. The event loop never encodes.
+is off, are decoded and re-encoded with libx264 at a fixed GOP, one resolution per segment; so
+is a copied publisher from the moment it shows B-frames (timestamps going back) or from its
+first IDR after it let a whole segment duration pass without answering a PLI. Audio is always
+decoded (Opus) and encoded to AAC. The event loop never encodes.
 
 This module also holds the ICE helpers that ``output/whep.py`` shares: aioice never offers
 127.0.0.1 and binds every interface it finds, so host candidates are gathered here on the
@@ -301,7 +303,7 @@ class WhipSettings:
     max_sessions: int = 16
     negotiate_timeout: float = 10.0  # seconds for the offer/answer, gathering included
     connect_timeout: float = 20.0  # seconds from the answer until ICE and DTLS are up
-    queue_frames: int = 90  # decoded frames waiting for the encoder; more are dropped
+    queue_frames: int = 90  # frames or access units waiting for the muxer thread; more are dropped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +425,8 @@ class _TsEncoder:
                  tee_audio: Callable[[bytes, int], None],
                  tee_active: Callable[[], bool],
                  request_keyframe: Callable[[], None] = lambda: None,
-                 stop_copying: Callable[[], None] = lambda: None) -> None:
+                 stop_copying: Callable[[], None] = lambda: None,
+                 decode_from_next_idr: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.has_video = has_video
         self.has_audio = has_audio
@@ -433,6 +436,7 @@ class _TsEncoder:
         self._tee_active = tee_active
         self._request_keyframe = request_keyframe
         self._stop_copying = stop_copying
+        self._decode_from_next_idr = decode_from_next_idr
         self.keyframe_requested = False  # set from the event loop; read here
         self.frames = 0
         self.copied = 0  # access units muxed without re-encoding
@@ -458,6 +462,8 @@ class _TsEncoder:
         self._sps: bytes | None = None  # of the copied stream
         self._copy_resync = True  # a copied stream (re)starts at an IDR
         self._pli_pts: int | None = None  # when an IDR was last asked for, until it comes
+        self._asked_since: int | None = None  # when an IDR was first asked for, until it comes
+        self.decoding_asked = False  # the publisher ignores keyframe requests: decode from its next IDR
         self._copy_off = False  # the publisher's H.264 has B-frames: decoded from now on
         self._last_rtp: int | None = None
 
@@ -553,7 +559,7 @@ class _TsEncoder:
             self._venc = None
             self._copy_resync = True
         if au.keyframe:
-            self._pli_pts = None
+            self._pli_pts = self._asked_since = None
             sps = first_sps(au.data)
             if sps is not None and sps != self._sps:
                 size = sps_resolution(sps)
@@ -582,6 +588,12 @@ class _TsEncoder:
         elif self.keyframe_requested and not au.keyframe:
             self._ask_keyframe(pts)
         self.keyframe_requested = False
+        if self._asked_since is not None and pts - self._asked_since > self._gop and not self.decoding_asked:
+            # A segment duration and no IDR: the publisher ignores PLI and has a long GOP of
+            # its own. From its next IDR on, aiortc decodes and this thread makes the GOP.
+            log.warning("WHIP: the publisher does not answer keyframe requests; re-encoding it from its next IDR")
+            self.decoding_asked = True
+            self._decode_from_next_idr()
         packet = av.Packet(au.data)
         packet.pts = packet.dts = pts
         packet.time_base = VIDEO_TB
@@ -591,6 +603,8 @@ class _TsEncoder:
         self.copied += 1
 
     def _ask_keyframe(self, pts: int) -> None:
+        if self._asked_since is None:
+            self._asked_since = pts
         if self._pli_pts is None or pts - self._pli_pts >= self.PLI_RETRY or pts < self._pli_pts:
             self._pli_pts = pts
             self.keyframe_requests += 1
@@ -604,8 +618,9 @@ class _TsEncoder:
             self._next_kf = pts
             if self.has_audio:
                 self._prime_audio(pts)
-        if self._venc is None:
+        if self._venc is None:  # the first picture, or the first after copying: the GOP starts here
             self._venc = self._new_video_encoder(*size)
+            self._next_kf = pts
         elif size != self.size:
             self._pending_size = size
         elif self._pending_size is not None:
@@ -723,11 +738,12 @@ class _CopyTap(queue.Queue[Any]):
 
     aiortc's receiver puts each frame its jitter buffer completes, ``(codec, JitterFrame)``, in
     this queue for its decoder thread (``aiortc.rtcrtpreceiver.decoder_worker``); H.264 ones go to
-    ``on_h264(data, timestamp)`` instead (on the event loop), the rest (another codec, and the
-    ``None`` that stops the thread and ends the track) go on to the decoder as before.
+    ``on_h264(data, timestamp)`` instead (on the event loop) unless it returns False, the rest
+    (another codec, and the ``None`` that stops the thread and ends the track) go on to the
+    decoder as before.
     """
 
-    def __init__(self, on_h264: Callable[[bytes, int], None]) -> None:
+    def __init__(self, on_h264: Callable[[bytes, int], bool]) -> None:
         super().__init__()
         self._on_h264 = on_h264
         self.copying = True  # False: H.264 goes to the decoder too
@@ -735,8 +751,7 @@ class _CopyTap(queue.Queue[Any]):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is not None and self.copying:
             codec, frame = item
-            if str(codec.mimeType).lower() == "video/h264":
-                self._on_h264(bytes(frame.data), int(frame.timestamp))
+            if str(codec.mimeType).lower() == "video/h264" and self._on_h264(bytes(frame.data), int(frame.timestamp)):
                 return
         super().put(item, block, timeout)
 
@@ -747,7 +762,7 @@ _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _STARTED = "_RTCRtpReceiver__started"
 
 
-def tap_h264(receiver: RTCRtpReceiver, on_h264: Callable[[bytes, int], None]) -> _CopyTap | None:
+def tap_h264(receiver: RTCRtpReceiver, on_h264: Callable[[bytes, int], bool]) -> _CopyTap | None:
     """Take ``receiver``'s H.264 frames before its decoder; None if aiortc has changed."""
     if not isinstance(getattr(receiver, _DECODER_QUEUE, None), queue.Queue) or getattr(receiver, _STARTED, True):
         log.warning("WHIP: cannot take H.264 from this aiortc's receiver; decoding and re-encoding it")
@@ -785,6 +800,7 @@ class WhipSession:
         self.frames = _FrameQueue(server.settings.queue_frames, on_video_gap=self.send_pli)
         self.tracks: list[MediaStreamTrack] = []
         self._taps: list[_CopyTap] = []
+        self._switch_at_idr = False  # the next H.264 IDR goes to aiortc's decoder, and all after it
         self.sink: PublishSink | None = None
         self.tee: LiveTee | None = None
         self.encoder: _TsEncoder | None = None
@@ -822,6 +838,7 @@ class WhipSession:
             tee_active=lambda: tee is not None and tee.active,
             request_keyframe=self._threadsafe(self.send_pli),
             stop_copying=self._threadsafe(self._stop_copying),
+            decode_from_next_idr=self._threadsafe(self._decode_from_next_idr),
         )
         self._thread = threading.Thread(target=self._run_encoder, name=f"whip-{self.stream}", daemon=True)
         self._thread.start()
@@ -854,8 +871,18 @@ class WhipSession:
             tap.copying = False
         self.send_pli()  # aiortc's decoder starts at the next IDR
 
-    def _on_access_unit(self, data: bytes, timestamp: int) -> None:
-        self.frames.put(_Item("h264", _AccessUnit(data, timestamp, is_idr(data)), time.monotonic()))
+    def _decode_from_next_idr(self) -> None:
+        self._switch_at_idr = True
+
+    def _on_access_unit(self, data: bytes, timestamp: int) -> bool:
+        """Take an H.264 access unit to copy; False: aiortc is to decode it (and all after it)."""
+        keyframe = is_idr(data)
+        if keyframe and self._switch_at_idr:
+            for tap in self._taps:
+                tap.copying = False
+            return False
+        self.frames.put(_Item("h264", _AccessUnit(data, timestamp, keyframe), time.monotonic()))
+        return True
 
     def _threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
         def call(*args: Any) -> None:
