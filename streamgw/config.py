@@ -110,7 +110,7 @@ class Settings(BaseModel):
     )
     log_level: str = Field("info", description="debug, info, warning or error")
     webrtc_addrs: str = Field(
-        "127.0.0.1", description="WHIP/WHEP: local IPs to offer ICE host candidates on, comma-separated; "
+        "127.0.0.1,*", description="WHIP/WHEP: local IPs to offer ICE host candidates on, comma-separated; "
         "'*' every non-loopback interface, PUBLIC=LOCAL behind a 1:1 NAT",
     )
     webrtc_ice_servers: str = Field(

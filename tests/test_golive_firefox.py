@@ -42,13 +42,12 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]
 
 
 @pytest.mark.slow
-def test_golive_in_firefox_publishes_and_plays_itself_back(
-        gateway_factory: Callable[..., RunningGateway], firefox: Firefox) -> None:
+def test_golive_in_firefox_publishes_and_plays_itself_back(gateway: RunningGateway, firefox: Firefox) -> None:
     # Firefox 153 offers no 127.0.0.1 candidate, even with media.peerconnection.ice.loopback
-    # (and force_interface=lo), and its candidates on the machine's own addresses never paired
-    # with the gateway's 127.0.0.1 one (ICE failed): so the gateway advertises every
-    # non-loopback address of this machine instead, as a LAN deployment would.
-    gw = gateway_factory(webrtc_addrs="*")
+    # (and force_interface=lo), and a socket on the machine's own address cannot reach the
+    # gateway's 127.0.0.1 one: the default webrtc_addrs ("127.0.0.1,*") also offers candidates on
+    # the machine's other interfaces, which is what makes this work (it needs one, as any LAN has).
+    gw = gateway
     firefox.navigate(gw.http + "/web/golive.html?stream=golivefx")
     codecs = firefox.evaluate("RTCRtpReceiver.getCapabilities('video').codecs.map((c) => c.mimeType).join(' ')")
     print("Firefox WebRTC video codecs:", codecs)
