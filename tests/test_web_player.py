@@ -155,3 +155,71 @@ def test_network_panel_lists_orchestrators(gateway_factory: Callable[..., Runnin
           lambda: f"network rows: {rows()}")
     assert not browser.execute_script("return document.getElementById('orchestrators').hidden")
     assert any(dead in r and "ok" not in r.split("\t")[-1] for r in rows()), rows()
+
+
+@pytest.mark.slow
+def test_player_plays_through_a_resolution_change(gateway: RunningGateway, browser: Any) -> None:
+    """A WHIP publisher (H.264 copied) goes from 320x240 to 480x360: hls.js plays on through it.
+
+    The segmenter starts a segment at the new size and marks it as a discontinuity; hls.js then
+    makes a new init segment, so the picture changes size and playback continues.
+    """
+    import asyncio
+    import threading
+
+    from tests.test_whip_whep import Pattern, Tone, _delete, _post, connect, publisher_offer, run
+
+    gw = gateway
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def publish() -> None:
+        async def scenario() -> None:
+            pc = await publisher_offer(Pattern(size=(320, 240), switch_after=180, size2=(480, 360)), Tone())
+            r = await _post(gw.http + "/whip/resize", pc.localDescription.sdp)
+            await connect(pc, r)
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            await _delete(gw.http + r.headers["location"])
+            await pc.close()
+
+        try:
+            run(scenario())
+        except BaseException as exc:  # reported by the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        def segments() -> int:
+            return int(gw.get("/api/streams/resize").json().get("segments", 0))
+
+        _wait(lambda: segments() >= 1 or bool(failure), 20, lambda: f"{segments()} segments; {failure}")
+        browser.get(gw.http + "/?stream=resize")
+        widths: list[int] = []
+
+        def state() -> dict[str, Any]:
+            s = dict(browser.execute_script(
+                "const p = window.streamgwPlayer || {}; const v = document.getElementById('video');"
+                "return Object.assign({}, p, {videoTime: v.currentTime, width: v.videoWidth});"))
+            if s["width"] and (not widths or widths[-1] != s["width"]):
+                widths.append(int(s["width"]))
+            return s
+
+        def describe() -> str:
+            logs = [e.get("message", "") for e in browser.get_log("browser")][-20:]
+            playlist = gw.get("/stream/resize/source.m3u8").text
+            return (json.dumps(state(), indent=1) + f"\nwidths {widths}; publisher {failure}\n{playlist}\n"
+                    + "\n".join(logs))
+
+        _wait(lambda: state()["width"] == 320, 20, describe)
+        _wait(lambda: state()["width"] == 480, 30, describe)
+        at_switch = state()["videoTime"]
+        _wait(lambda: state()["videoTime"] >= at_switch + 2, 15, describe)
+        assert widths == [320, 480], describe()
+        assert "#EXT-X-DISCONTINUITY" in gw.get("/stream/resize/source.m3u8").text
+        assert not [e for e in state()["errors"] if e["fatal"]], describe()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failure, failure
