@@ -237,6 +237,7 @@ def test_whip_publish_becomes_hls_with_video_and_audio(gateway_factory: Callable
         assert stream["state"] == "live" and stream["publisher"].startswith("whip:")
         assert stream["video_codec"] == "h264" and stream["audio_codec"] == "aac"
         assert (stream["width"], stream["height"]) == (480, 360), stream  # the size now
+        assert abs(stream["fps"] - 30) < 1.5, stream  # counted, not FFmpeg's guess from TS (60)
         seen.update(await asyncio.to_thread(gw.call, encoder_counts))
         assert (await _delete(gw.http + location)).status_code == 200
         assert (await _delete(gw.http + location)).status_code == 404

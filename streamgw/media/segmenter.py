@@ -76,10 +76,12 @@ class _Cut:
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         self.start_pts = start_pts
         self.size = 0
+        self.pictures = 0  # video packets (one picture each)
         self.discontinuity = discontinuity
 
     def mux(self, packet: Any) -> None:
         self.size += packet.size
+        self.pictures += packet.stream.type == "video"
         packet.stream = self.map[packet.stream.index]
         self.container.mux(packet)
 
@@ -143,8 +145,9 @@ class Segmenter:
             raise MediaError("published stream has neither H.264 video nor AAC audio")
         video = videos[0] if videos else None
         streams = ([video] if video else []) + audios[:1]
-        info = _media_info(video, audios[0] if audios else None)
-        self._on_info(dataclasses.replace(info, probe_seconds=round(self._probed, 4)))
+        info = dataclasses.replace(_media_info(video, audios[0] if audios else None),
+                                   probe_seconds=round(self._probed, 4))
+        self._on_info(info)
         clock = video if video is not None else streams[0]
         tb = Fraction(clock.time_base)
         target = int(self.settings.target_duration * Fraction(0.95) / tb)
@@ -153,6 +156,7 @@ class Segmenter:
         first_seen: int | None = None
         last_end = 0
         size = (info.width, info.height) if info.width and info.height else None
+        fps_measured = False
         for packet in container.demux(streams):
             if packet.dts is None or packet.size == 0:
                 continue
@@ -166,11 +170,14 @@ class Segmenter:
                 resized = new_size is not None and new_size != size
                 if new_size is not None and resized:
                     size = new_size
-                    self._on_info(dataclasses.replace(info, width=size[0], height=size[1],
-                                                      probe_seconds=round(self._probed, 4)))
+                    info = dataclasses.replace(info, width=size[0], height=size[1])
+                    self._on_info(info)
                 if cut is None:
                     cut = _Cut(streams, ts, self._discontinuity)
                 elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
+                    if not fps_measured and ts - cut.start_pts >= target and video is not None:
+                        fps_measured = True
+                        info = self._measure_fps(info, cut.pictures / float((ts - cut.start_pts) * tb))
                     self._emit(cut, ts - cut.start_pts, tb, source)
                     cut = _Cut(streams, ts, resized)
             if packet.stream is clock:
@@ -192,6 +199,18 @@ class Segmenter:
             cut.mux(packet)
         if cut is not None and last_end > cut.start_pts:
             self._emit(cut, last_end - cut.start_pts, tb, source)
+
+    def _measure_fps(self, info: MediaInfo, measured: float) -> MediaInfo:
+        """``info`` with the frame rate counted in the first full segment, where the probe's is off.
+
+        FFmpeg guesses MPEG-TS frame rates from a few timestamps (a WebRTC publisher's 30 fps
+        comes out as 60); FLV carries its rate and is left as it is unless 10 % off.
+        """
+        if info.fps and abs(info.fps - measured) <= 0.1 * measured:
+            return info
+        info = dataclasses.replace(info, fps=round(measured, 3))
+        self._on_info(info)
+        return info
 
     def _emit(self, cut: _Cut, duration: int, tb: Fraction, source: ByteSource) -> None:
         data = cut.finish()
