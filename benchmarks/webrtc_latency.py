@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary_table(results: dict[str, Any]) -> str:
     """The headline numbers, with copy against the transcode baseline of the same run."""
-    lines = ["", "mode       | WHEP p50/p95 ms | HLS first-frame p50/p95 s | core per publisher (1, 2, 4...) | per core"]
+    lines = ["", "mode       | WHEP p50/p95 ms | HLS first-frame p50/p95 s | core per publisher (1, 2, 4...) "
+             "| per core"]
     for mode in results["cpu"] or results["latency"]:
         lat = results["latency"].get(mode)
         w, h = (lat or {}).get("whip_to_whep_ms"), (lat or {}).get("whip_to_hls_first_frame_ms")
@@ -532,7 +533,8 @@ def summary_table(results: dict[str, Any]) -> str:
                      f"{mode:10} | {whep:15} | {hls:25} | {per:31} | -")
     cpu = results["cpu"]
     if "copy" in cpu and "transcode" in cpu and cpu["copy"] and cpu["transcode"]:
-        ratios = [c["per_publisher_core"] / t["per_publisher_core"] for c, t in zip(cpu["copy"], cpu["transcode"])]
+        pairs = zip(cpu["copy"], cpu["transcode"], strict=False)  # the same publisher counts, in order
+        ratios = [c["per_publisher_core"] / t["per_publisher_core"] for c, t in pairs]
         lines.append("copy / transcode CPU per publisher: " + ", ".join(f"{r:.2f}" for r in ratios))
     return "\n".join(lines)
 

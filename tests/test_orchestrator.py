@@ -163,7 +163,7 @@ def test_credential_refusals(tmp_path: Path, source_segments: list[Segment]) -> 
             src = source_segments[0]
             signer = Signer(GATEWAY_KEY)
 
-            def header(**kw: Any) -> str:
+            def header(src: Segment = src, info: Any = info, signer: Signer = signer, **kw: Any) -> str:
                 return encode_segdata_header(build_segdata(_meta(src, info, **kw), signer))
 
             hevc = Capabilities.from_ids({*job_capabilities(LADDER).ids, Capability.HEVC_ENCODE})
