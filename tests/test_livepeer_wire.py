@@ -839,3 +839,14 @@ def test_ticket_and_payment_edges() -> None:
     with pytest.raises(PaymentError, match="^protobuf unmarshal error"):
         decode_payment_header(base64.b64encode(b"\x0a\x05ab").decode())
     assert float_string(Fraction(-5, 2), 0) == "-3" and float_string(Fraction(1, 3), 3) == "0.333"
+
+
+def test_keccak256_off_loop_matches_in_place() -> None:
+    import asyncio
+
+    from streamgw.livepeer.signing import OFF_LOOP_BYTES, keccak256, keccak256_off_loop
+
+    for size in (0, 1000, OFF_LOOP_BYTES, 3 * OFF_LOOP_BYTES + 7):
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        assert asyncio.run(keccak256_off_loop(data)) == keccak256(data)
+    assert keccak256(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"

@@ -27,7 +27,7 @@ from streamgw.livepeer.capabilities import job_capabilities
 from streamgw.livepeer.client import segment_deadlines
 from streamgw.livepeer.profiles import VideoProfile
 from streamgw.livepeer.segdata import AuthToken, SegMetadata, duration_ms, result_renditions
-from streamgw.livepeer.signing import keccak256
+from streamgw.livepeer.signing import keccak256_off_loop
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class Dispatcher:
         meta = SegMetadata(
             manifest_id=segment.stream_id.encode(),
             seq=segment.seq,
-            seg_hash=keccak256(segment.data),
+            seg_hash=await keccak256_off_loop(segment.data),
             profiles=self.profiles,
             duration_ms=duration_ms(segment.duration, segment.time_base),
             capabilities=self.policy.job,

@@ -10,6 +10,7 @@ directly.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import coincurve
@@ -27,6 +28,7 @@ __all__ = [
     "bytes_to_address",
     "checksum_address",
     "keccak256",
+    "keccak256_off_loop",
     "parse_address",
     "personal_digest",
     "recover_address",
@@ -45,6 +47,21 @@ _SECP256K1_HALF_N = _SECP256K1_N // 2
 def keccak256(data: bytes) -> bytes:
     """Ethereum's keccak-256 of ``data``."""
     return bytes(keccak(data))
+
+
+OFF_LOOP_BYTES = 256 * 1024
+"""From this size on, ``keccak256_off_loop`` hashes in a worker thread (~4.5 ms per MB here)."""
+
+
+async def keccak256_off_loop(data: bytes) -> bytes:
+    """``keccak256(data)`` without holding the event loop for a large segment.
+
+    The C hash (pycryptodome, through eth-hash) releases the GIL, so a worker thread hashes while
+    the loop goes on; small inputs are hashed in place, where a thread hop would cost more.
+    """
+    if len(data) < OFF_LOOP_BYTES:
+        return keccak256(data)
+    return await asyncio.to_thread(keccak256, data)
 
 
 def personal_digest(payload: bytes) -> bytes:

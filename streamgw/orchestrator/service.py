@@ -42,7 +42,7 @@ from streamgw.livepeer.signing import (
     ZERO_ADDRESS,
     MessageSigner,
     OffchainSigner,
-    keccak256,
+    keccak256_off_loop,
     verify_message,
     verify_sig,
 )
@@ -190,7 +190,7 @@ class OrchestratorService:
         except ConnectionError:
             await _plain(send, 500, "Internal Server Error")
             return
-        if keccak256(body) != meta.seg_hash:
+        if await keccak256_off_loop(body) != meta.seg_hash:
             await _plain(send, 403, "Forbidden")
             return
         # The early 200: the upload is complete and verified (go-livepeer ServeSegment).
