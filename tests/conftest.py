@@ -107,6 +107,16 @@ def stop_gateway(gw: RunningGateway) -> None:
     gw.loop.close()
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds with ``describe()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s: {describe()}")
+
+
 @pytest.fixture
 def gateway_factory() -> Iterator[Callable[..., RunningGateway]]:
     """Start gateways with custom settings; all are stopped at the end of the test."""

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, wait_until
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,13 +61,6 @@ def browser() -> Iterator[Any]:
             driver.quit()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
 
 
 @pytest.mark.slow
@@ -93,35 +85,35 @@ def test_golive_publishes_and_plays_itself_back(gateway: RunningGateway, browser
         return json.dumps(state(), indent=1) + "\nstreams: " + json.dumps(streams) + "\nconsole:\n" + "\n".join(logs)
 
     browser.find_element("css selector", "#start").click()
-    _wait(lambda: state()["state"] in ("live", "error"), 20, describe)
+    wait_until(lambda: state()["state"] in ("live", "error"), 20, describe)
     assert state()["state"] == "live", describe()
     assert state()["whip"]["status"] == 201 and state()["whip"]["location"].startswith("/whip/session/")
 
     # The gateway has the stream from a WHIP publisher, segments coming.
-    _wait(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 1, 20, describe)
+    wait_until(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 1, 20, describe)
     info = gw.get("/api/streams/golive1").json()
     assert info["publisher"].startswith("whip:") and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
 
     # WHEP: the page plays itself back; the video element advances and decodes frames.
-    _wait(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)
+    wait_until(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)
     start = state()
-    _wait(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
+    wait_until(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
           20, describe)
     assert state()["whepWidth"] > 0
     # Chromium has H.264: it gets the relay's packets as they are, and no VP8 encoder runs.
     assert state()["whep"]["codec"] == "video/H264", describe()
     assert gw.call(lambda: gw.node.whep.relays[("golive1", "source")].vp8) is None
     # The clock stamp is read back from the WHEP picture: glass-to-glass latency measured.
-    _wait(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
+    wait_until(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
     whep_ms = state()["latency"]["whep"]
     assert 0 <= whep_ms < 3000, describe()
 
     # HLS plays too, side by side.
-    _wait(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
+    wait_until(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
     final = state()
     # Chromium publishes H.264: copied, not re-encoded; its IDRs come when asked for (PLI), so
     # the segments have the target duration (2 s) without a fixed GOP of its own.
-    _wait(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 3, 20, describe)
+    wait_until(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 3, 20, describe)
     session = gw.call(lambda: next(iter(gw.node.whip.sessions.values())))
     assert session.encoder.copied == session.encoder.frames > 0 and session.encoder.keyframe_requests >= 2
     playlist = gw.get("/stream/golive1/source.m3u8").text
@@ -133,5 +125,5 @@ def test_golive_publishes_and_plays_itself_back(gateway: RunningGateway, browser
 
     # Stop: the page DELETEs its WHIP session and the stream ends.
     browser.find_element("css selector", "#stop").click()
-    _wait(lambda: gw.get("/api/streams/golive1").json().get("state") == "ended", 15, describe)
-    _wait(lambda: not gw.call(lambda: list(gw.node.whep.viewers)), 10, describe)
+    wait_until(lambda: gw.get("/api/streams/golive1").json().get("state") == "ended", 15, describe)
+    wait_until(lambda: not gw.call(lambda: list(gw.node.whep.viewers)), 10, describe)

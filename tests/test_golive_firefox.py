@@ -11,14 +11,13 @@ Firefox is driven over WebDriver BiDi (tests/bidi.py): no geckodriver is needed.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.bidi import FIREFOX, Firefox
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, wait_until
 
 
 @pytest.fixture
@@ -32,13 +31,6 @@ def firefox() -> Iterator[Firefox]:
         browser.quit()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
 
 
 @pytest.mark.slow
@@ -67,37 +59,37 @@ def test_golive_in_firefox_publishes_and_plays_itself_back(gateway: RunningGatew
 
     firefox.evaluate("document.getElementById('resolution').value = '640x360';"  # light on 2 cores
                      " document.getElementById('start').click()")
-    _wait(lambda: state()["state"] in ("live", "error"), 20, describe)
+    wait_until(lambda: state()["state"] in ("live", "error"), 20, describe)
     assert state()["state"] == "live", describe()
     assert state()["whip"]["status"] == 201 and state()["whip"]["location"].startswith("/whip/session/")
 
     # The gateway has the stream from a WHIP publisher (Firefox sends VP8), segments coming in H.264.
-    _wait(lambda: gw.get("/api/streams/golivefx").json().get("segments", 0) >= 1, 20, describe)
+    wait_until(lambda: gw.get("/api/streams/golivefx").json().get("segments", 0) >= 1, 20, describe)
     info = gw.get("/api/streams/golivefx").json()
     assert info["publisher"].startswith("whip:") and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert state()["sent"]["codec"] == "video/VP8", describe()
 
     # WHEP: the page plays itself back in VP8 from the relay's one VP8 encoder.
-    _wait(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)
+    wait_until(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)
     start = state()
-    _wait(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
+    wait_until(lambda: state()["whepTime"] >= start["whepTime"] + 2 and state()["whep"]["framesDecoded"] >= 30,
           20, describe)
     assert state()["whepWidth"] > 0 and state()["whep"]["codec"] == "video/VP8", describe()
     relay = gw.call(lambda: gw.node.whep.relays[("golivefx", "source")])
     assert relay.vp8 is not None and relay.vp8_encoders_started == 1 and len(relay.vp8_viewers) == 1
     # The clock stamp is read back from the WHEP picture: glass-to-glass latency measured.
-    _wait(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
+    wait_until(lambda: state()["latency"]["whepSamples"] >= 5, 15, describe)
     whep_ms = state()["latency"]["whep"]
     assert 0 <= whep_ms < 3000, describe()
 
     # HLS plays too (hls.js, H.264 through MSE).
-    _wait(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
+    wait_until(lambda: state()["hls"]["fragsLoaded"] >= 1 and state()["hlsTime"] > 0.5, 30, describe)
     final = state()
     assert not final["errors"], describe()
     print("Firefox: WHEP latency", whep_ms, "ms; HLS latency", final["latency"]["hls"], "ms")
 
     # Stop: the page DELETEs its WHIP session, the stream ends, the VP8 encoder stops with its viewer.
     firefox.evaluate("document.getElementById('stop').click()")
-    _wait(lambda: gw.get("/api/streams/golivefx").json().get("state") == "ended", 15, describe)
-    _wait(lambda: not gw.call(lambda: list(gw.node.whep.viewers)), 10, describe)
+    wait_until(lambda: gw.get("/api/streams/golivefx").json().get("state") == "ended", 15, describe)
+    wait_until(lambda: not gw.call(lambda: list(gw.node.whep.viewers)), 10, describe)
     assert relay.vp8 is None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway, start_publish
+from tests.conftest import RunningGateway, start_publish, wait_until
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -74,13 +73,6 @@ def browser() -> Iterator[Any]:
             driver.quit()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
 
 
 @pytest.mark.slow
@@ -92,7 +84,7 @@ def test_page_lists_and_plays_stream(gateway: RunningGateway, browser: Any) -> N
             streams = {s["name"]: s for s in gw.get("/api/streams").json()}
             return int(streams["web1"]["segments"]) if "web1" in streams else 0
 
-        _wait(lambda: segments() >= 2 or proc.poll() is not None, 20,
+        wait_until(lambda: segments() >= 2 or proc.poll() is not None, 20,
               lambda: f"web1 has {segments()} segments")
         assert proc.poll() is None, f"ffmpeg exited early: {proc.stderr.read() if proc.stderr else ''}"
         assert segments() >= 2
@@ -115,17 +107,17 @@ def test_page_lists_and_plays_stream(gateway: RunningGateway, browser: Any) -> N
             return json.dumps(state(), indent=1) + "\nbrowser console:\n" + "\n".join(logs)
 
         # The page polled the API and listed the stream, with its details.
-        _wait(lambda: "web1" in state().get("streams", []), 15, describe)
+        wait_until(lambda: "web1" in state().get("streams", []), 15, describe)
         items = browser.find_elements("css selector", '#streams li[data-stream="web1"]')
         assert len(items) == 1 and "web1" in items[0].text
         assert "640×360" in browser.find_element("css selector", '#info [data-field="resolution"]').text
         assert browser.find_element("css selector", "#player-title").text == "web1"
 
         # hls.js loaded the vendored build, fetched fragments and the video actually advanced.
-        _wait(lambda: state().get("startTime") is not None, 20, describe)
+        wait_until(lambda: state().get("startTime") is not None, 20, describe)
         start = state()
         assert start["hls"], "hls.js did not load"
-        _wait(lambda: state()["videoTime"] >= start["startTime"] + 2.5 and state()["fragsLoaded"] >= 2,
+        wait_until(lambda: state()["videoTime"] >= start["startTime"] + 2.5 and state()["fragsLoaded"] >= 2,
               20, describe)
         final = state()
         assert final["framesDecoded"] > 30, describe()
@@ -151,7 +143,7 @@ def test_network_panel_lists_orchestrators(gateway_factory: Callable[..., Runnin
         return [str(r) for r in browser.execute_script(
             "return Array.from(document.querySelectorAll('#orchestrators tbody tr')).map(r => r.innerText)")]
 
-    _wait(lambda: len(rows()) == 2 and any(orch.url in r and "ok" in r for r in rows()), 15,
+    wait_until(lambda: len(rows()) == 2 and any(orch.url in r and "ok" in r for r in rows()), 15,
           lambda: f"network rows: {rows()}")
     assert not browser.execute_script("return document.getElementById('orchestrators').hidden")
     assert any(dead in r and "ok" not in r.split("\t")[-1] for r in rows()), rows()
@@ -194,7 +186,7 @@ def test_player_plays_through_a_resolution_change(gateway: RunningGateway, brows
         def segments() -> int:
             return int(gw.get("/api/streams/resize").json().get("segments", 0))
 
-        _wait(lambda: segments() >= 1 or bool(failure), 20, lambda: f"{segments()} segments; {failure}")
+        wait_until(lambda: segments() >= 1 or bool(failure), 20, lambda: f"{segments()} segments; {failure}")
         browser.get(gw.http + "/?stream=resize")
         widths: list[int] = []
 
@@ -212,10 +204,10 @@ def test_player_plays_through_a_resolution_change(gateway: RunningGateway, brows
             return (json.dumps(state(), indent=1) + f"\nwidths {widths}; publisher {failure}\n{playlist}\n"
                     + "\n".join(logs))
 
-        _wait(lambda: state()["width"] == 320, 20, describe)
-        _wait(lambda: state()["width"] == 480, 30, describe)
+        wait_until(lambda: state()["width"] == 320, 20, describe)
+        wait_until(lambda: state()["width"] == 480, 30, describe)
         at_switch = state()["videoTime"]
-        _wait(lambda: state()["videoTime"] >= at_switch + 2, 15, describe)
+        wait_until(lambda: state()["videoTime"] >= at_switch + 2, 15, describe)
         assert widths == [320, 480], describe()
         assert "#EXT-X-DISCONTINUITY" in gw.get("/stream/resize/source.m3u8").text
         assert not [e for e in state()["errors"] if e["fatal"]], describe()

@@ -62,29 +62,33 @@ class Packets(MediaStreamTrack):
         return packet
 
 
+def publish_packets(gw: RunningGateway, name: str, packets: list[tuple[bytes, int]], seconds: float
+                    ) -> Any:
+    """Publish ``packets`` (+ a tone) over WHIP for ``seconds``, then DELETE and wait for the
+    stream to end; returns the session's encoder, whose counters are then final."""
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        pc = await publisher_offer(Packets(packets), Tone())
+        r = await _post(gw.http + f"/whip/{name}", pc.localDescription.sdp)
+        await connect(pc, r)
+        await asyncio.sleep(seconds)
+        seen.append(await asyncio.to_thread(gw.call, lambda: next(iter(gw.node.whip.sessions.values())).encoder))
+        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
+        await pc.close()
+
+    run(scenario())
+    gw.wait_for(lambda: gw.get(f"/api/streams/{name}").json()["state"] == "ended", 10, "the stream to end")
+    return seen[0]
+
+
 def test_b_frames_switch_the_publisher_to_decoding(gateway_factory: Callable[..., RunningGateway]) -> None:
     """OBS with B-frames: timestamps go back, so the gateway decodes and re-encodes from then on."""
     gw = gateway_factory(whip_video="copy")
     packets = encoded(150, bf="2", profile="main")
     assert any(b[1] < a[1] for a, b in zip(packets, packets[1:], strict=False)), "the clip has no B-frames"
-    seen: dict[str, Any] = {}
-
-    def state() -> dict[str, Any]:
-        enc = next(iter(gw.node.whip.sessions.values())).encoder
-        return {"pictures": enc.frames, "copied": enc.copied, "off": enc._copy_off}
-
-    async def scenario() -> None:
-        pc = await publisher_offer(Packets(packets), Tone())
-        r = await _post(gw.http + "/whip/bframes", pc.localDescription.sdp)
-        await connect(pc, r)
-        await asyncio.sleep(5.5)
-        seen.update(await asyncio.to_thread(gw.call, state))
-        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
-        await pc.close()
-
-    run(scenario())
-    assert seen["off"] and seen["copied"] < 5 and seen["pictures"] > 60, seen
-    gw.wait_for(lambda: gw.get("/api/streams/bframes").json()["state"] == "ended", 10, "the stream to end")
+    enc = publish_packets(gw, "bframes", packets, 5.5)
+    assert enc._copy_off and enc.copied < 5 and enc.frames > 60, vars(enc)
     segments = hls_segments(gw, "bframes")
     assert segments
     pts: list[int] = []
@@ -127,25 +131,9 @@ def test_a_publisher_that_ignores_keyframe_requests_is_re_encoded_from_its_next_
     """A sender with a 5 s GOP that ignores PLI: copied until its next IDR, then re-encoded at 2 s."""
     gw = gateway_factory(whip_video="copy")
     packets = encoded(270, g="150", keyint_min="150", sc_threshold="0", bf="0")  # 9 s, IDRs at 0 and 5 s
-    seen: dict[str, Any] = {}
-
-    def state() -> dict[str, Any]:
-        enc = next(iter(gw.node.whip.sessions.values())).encoder
-        return {"pictures": enc.frames, "copied": enc.copied, "asked": enc.decoding_asked}
-
-    async def scenario() -> None:
-        pc = await publisher_offer(Packets(packets), Tone())
-        r = await _post(gw.http + "/whip/longgop", pc.localDescription.sdp)
-        await connect(pc, r)
-        await asyncio.sleep(8.5)
-        seen.update(await asyncio.to_thread(gw.call, state))
-        assert (await _delete(gw.http + r.headers["location"])).status_code == 200
-        await pc.close()
-
-    run(scenario())
+    enc = publish_packets(gw, "longgop", packets, 8.5)
     # Copied up to the IDR at 5 s (150 pictures), encoded after it.
-    assert seen["asked"] and 140 <= seen["copied"] <= 150 and seen["pictures"] > seen["copied"] + 60, seen
-    gw.wait_for(lambda: gw.get("/api/streams/longgop").json()["state"] == "ended", 10, "the stream to end")
+    assert enc.decoding_asked and 140 <= enc.copied <= 150 and enc.frames > enc.copied + 60, vars(enc)
     playlist = gw.get("/stream/longgop/source.m3u8").text
     durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
     # The publisher's own 5 s GOP, then at most 2 s: the gateway's GOP.

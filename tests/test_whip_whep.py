@@ -20,7 +20,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamgw.config import load_settings
 from streamgw.errors import ConfigError
-from streamgw.ingest.webrtc import IceSettings, gather_candidates, new_peer_connection, parse_ice_addresses
+from streamgw.ingest.webrtc import (
+    IceSettings,
+    gather_candidates,
+    new_peer_connection,
+    offered_media,
+    parse_ice_addresses,
+)
 from streamgw.output.whep import (
     WhepOutput,
     WhepSettings,
@@ -28,7 +34,6 @@ from streamgw.output.whep import (
     _Relay,
     _ViewerQueue,
     _Vp8Encoder,
-    offered_video_codecs,
 )
 from tests.conftest import RunningGateway, start_publish
 
@@ -347,7 +352,7 @@ def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool, 
 
 def answer_video_codecs(sdp: str) -> set[str]:
     """The video codecs an answer settled on, lower case, without rtx."""
-    return offered_video_codecs(sdp) - {"rtx"}
+    return {c for m in offered_media(sdp) if m.kind == "video" for c in m.codecs} - {"rtx"}
 
 
 def test_whep_vp8_viewers_share_one_encoder(gateway: RunningGateway) -> None:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import av
 import av.error
@@ -214,18 +214,32 @@ def prefer_codecs(transceiver: RTCRtpTransceiver, mime_types: list[str], *, only
     transceiver.setCodecPreferences(first + rest + rtx)
 
 
-def offered_media(sdp: str) -> list[tuple[str, str]]:
-    """(kind, direction) of each audio/video m-section of an SDP offer, in order (RFC 8866 5.14, 6.7)."""
-    out: list[tuple[str, str]] = []
+class OfferedMedia(NamedTuple):
+    """One audio/video m-section of an SDP offer."""
+
+    kind: str  # "audio" | "video"
+    direction: str  # sendrecv (the default), sendonly, recvonly or inactive
+    codecs: frozenset[str]  # encoding names of its a=rtpmap lines, lower case (rtx included)
+
+
+def offered_media(sdp: str) -> list[OfferedMedia]:
+    """The audio/video m-sections of an SDP offer, in order (RFC 8866 5.14, 6.6, 6.7)."""
+    out: list[OfferedMedia] = []
     kind = ""
     for line in sdp.splitlines():
         line = line.strip()
         if line.startswith("m="):
             kind = line[2:].split(" ", 1)[0]
             if kind in ("audio", "video"):
-                out.append((kind, "sendrecv"))
-        elif kind in ("audio", "video") and line in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
-            out[-1] = (kind, line[2:])
+                out.append(OfferedMedia(kind, "sendrecv", frozenset()))
+        elif kind not in ("audio", "video"):
+            continue
+        elif line in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
+            out[-1] = out[-1]._replace(direction=line[2:])
+        elif line.startswith("a=rtpmap:"):
+            name = line.partition(" ")[2].split("/", 1)[0].strip().lower()
+            if name:
+                out[-1] = out[-1]._replace(codecs=out[-1].codecs | {name})
     return out
 
 
@@ -605,7 +619,7 @@ class _TsEncoder:
     def _ask_keyframe(self, pts: int) -> None:
         if self._asked_since is None:
             self._asked_since = pts
-        if self._pli_pts is None or pts - self._pli_pts >= self.PLI_RETRY or pts < self._pli_pts:
+        if self._pli_pts is None or pts - self._pli_pts >= self.PLI_RETRY:
             self._pli_pts = pts
             self.keyframe_requests += 1
             self._request_keyframe()
@@ -866,9 +880,13 @@ class WhipSession:
                 for source in receiver.getSynchronizationSources():
                     self.server.spawn(receiver._send_rtcp_pli(source.source))
 
-    def _stop_copying(self) -> None:
+    def _hand_to_decoder(self) -> None:
+        """From now on H.264 goes to aiortc's decoder (and the encoder thread re-encodes it)."""
         for tap in self._taps:
             tap.copying = False
+
+    def _stop_copying(self) -> None:
+        self._hand_to_decoder()
         self.send_pli()  # aiortc's decoder starts at the next IDR
 
     def _decode_from_next_idr(self) -> None:
@@ -878,8 +896,7 @@ class WhipSession:
         """Take an H.264 access unit to copy; False: aiortc is to decode it (and all after it)."""
         keyframe = is_idr(data)
         if keyframe and self._switch_at_idr:
-            for tap in self._taps:
-                tap.copying = False
+            self._hand_to_decoder()
             return False
         self.frames.put(_Item("h264", _AccessUnit(data, timestamp, keyframe), time.monotonic()))
         return True
@@ -1014,9 +1031,9 @@ class WhipServer:
             session = WhipSession(self, stream, remote, pc)
             # Our codec preferences must be on transceivers before the offer is applied, and
             # aiortc cannot answer with a transceiver the offer has no m-section for.
-            for kind, _ in offered_media(offer):
-                transceiver = pc.addTransceiver(kind, direction="recvonly")
-                if kind == "video":
+            for media in offered_media(offer):
+                transceiver = pc.addTransceiver(media.kind, direction="recvonly")
+                if media.kind == "video":
                     prefer_codecs(transceiver, ["video/H264"])  # copied as it is (or cheaper to decode than VP8)
             answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice, session.take_tracks),
                                             self.settings.negotiate_timeout)

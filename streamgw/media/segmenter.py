@@ -256,10 +256,10 @@ def picture_size(packet: Any) -> tuple[int, int] | None:
 
     None when the packet has no SPS of its own (FLV packets keep theirs in the stream's extradata).
     """
-    data = bytes(packet)
-    if not (data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")):
+    head = bytes(memoryview(packet)[:4])  # FLV keyframes (the RTMP path) are not copied to find out
+    if not (head.startswith(b"\x00\x00\x01") or head == b"\x00\x00\x00\x01"):
         return None
-    sps = first_sps(data)
+    sps = first_sps(bytes(packet))
     if sps is None:
         return None
     try:

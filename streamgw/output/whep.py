@@ -733,28 +733,12 @@ class _Vp8Encoder:
 # The output
 
 
-def offered_video_codecs(sdp: str) -> set[str]:
-    """Lower-case names of the codecs in an SDP offer's video m-sections (``a=rtpmap``, RFC 8866 6.6)."""
-    out: set[str] = set()
-    kind = ""
-    for line in sdp.splitlines():
-        line = line.strip()
-        if line.startswith("m="):
-            kind = line[2:].split(" ", 1)[0]
-        elif kind == "video" and line.startswith("a=rtpmap:"):
-            name = line.partition(" ")[2].split("/", 1)[0].strip().lower()
-            if name:
-                out.add(name)
-    return out
-
-
 # What a viewer's video can be, best first: the relay's H.264 as is, or the shared VP8 re-encode.
 VIDEO_CODECS = {"h264": "video/H264", "vp8": "video/VP8"}
 
 
-def choose_video_codec(sdp: str) -> str | None:
-    """The video codec to send for an offer: ``h264``, else ``vp8``, else None (neither is offered)."""
-    offered = offered_video_codecs(sdp)
+def choose_video_codec(offered: frozenset[str]) -> str | None:
+    """The video codec to send for ``offered`` ones: ``h264``, else ``vp8``, else None (neither)."""
     return next((codec for codec in VIDEO_CODECS if codec in offered), None)
 
 
@@ -844,18 +828,19 @@ class WhepOutput:
         pc = new_peer_connection(self.ice)
         relay = self._relay((stream, rendition))
         try:
-            media = offered_media(offer)
-            if not any(direction in ("recvonly", "sendrecv") for _, direction in media):
+            offered = offered_media(offer)
+            receiving = [m for m in offered if m.direction in ("recvonly", "sendrecv")]
+            if not receiving:
                 raise ProtocolError("the SDP offer receives neither audio nor video")
             video_codec = "h264"
-            if any(kind == "video" and direction in ("recvonly", "sendrecv") for kind, direction in media):
-                chosen = choose_video_codec(offer)
+            if video := [m for m in receiving if m.kind == "video"]:
+                chosen = choose_video_codec(frozenset().union(*(m.codecs for m in video)))
                 if chosen is None:
                     raise ProtocolError("the SDP offer has neither H.264 nor VP8 video (WHEP sends only those)")
                 video_codec = chosen
             viewer = _Viewer(self, relay, remote, pc, video_codec)
             mimes = {"video": VIDEO_CODECS[video_codec], "audio": "audio/opus"}
-            for kind in dict.fromkeys(kind for kind, _ in media):  # our one track of each kind
+            for kind in dict.fromkeys(m.kind for m in offered):  # our one track of each kind
                 prefer_codecs(pc.addTransceiver(viewer.tracks[kind], direction="sendonly"), [mimes[kind]], only=True)
             answer = await asyncio.wait_for(answer_offer(pc, offer, self.ice), self.settings.negotiate_timeout)
             if self._closing:
