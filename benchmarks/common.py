@@ -219,7 +219,8 @@ def machine_info() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": model.group(1).strip() if model else "?",
         "python": sys.version.split()[0],
-        "nginx": subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip(),
+        "nginx": (subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
+                  if os.access(NGINX, os.X_OK) else "not installed"),
         "ffmpeg": subprocess.run([FFMPEG, "-version"], capture_output=True, text=True).stdout.split("\n")[0],
     }
 

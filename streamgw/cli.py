@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from streamgw import __version__
-from streamgw.config import Settings, load_settings
+from streamgw.config import Settings, load_settings, split_addr
 from streamgw.errors import ConfigError
+from streamgw.livepeer.signing import parse_address_list
 from streamgw.log import configure
 from streamgw.node import GatewayNode, load_profiles
-from streamgw.orchestrator.node import DEFAULT_DATA_DIR, OrchestratorNode, OrchestratorNodeSettings
+from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings, default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,22 @@ def orchestrator_node(settings: Settings) -> OrchestratorNode:
     return OrchestratorNode(OrchestratorNodeSettings(
         serve_addr=settings.serve_addr,
         service_addr=settings.service_addr,
-        data_dir=Path(settings.orch_data_dir) if settings.orch_data_dir else DEFAULT_DATA_DIR,
+        data_dir=Path(settings.orch_data_dir) if settings.orch_data_dir else default_data_dir(),
         max_sessions=settings.max_sessions,
         transcode_workers=settings.transcode_workers,
+        max_concurrent=settings.transcode_capacity,
         delay=settings.orch_delay,
+        require_signed=settings.orch_require_signed,
+        allowed_gateways=parse_address_list(settings.orch_allowed_gateways),
     ))
 
 
-async def _serve(command: str, settings: Settings) -> None:
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # IPv6 in a URL (RFC 3986 3.2.2)
+
+
+async def _serve(command: str, settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM (exit status 0) or a background task that cannot restart failed (1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,9 +98,21 @@ async def _serve(command: str, settings: Settings) -> None:
         if command in ("up", "gateway"):
             gateway = GatewayNode(settings, [orchestrator.url] if orchestrator else None)
             await gateway.start()
-            print(f"streamgw {__version__}: publish to rtmp://{settings.rtmp_addr}/live/STREAM, "
-                  f"watch at http://{settings.http_addr}/", flush=True)
-        await stop.wait()
+            rtmp_host, http_host = (_url_host(split_addr(a)[0]) for a in (settings.rtmp_addr, settings.http_addr))
+            print(f"streamgw {__version__}: publish to rtmp://{rtmp_host}:{gateway.rtmp.port}/live/STREAM, "
+                  f"watch at http://{http_host}:{gateway.http_port}/", flush=True)  # the ports bound
+        waits = [asyncio.ensure_future(stop.wait())]
+        if gateway is not None:
+            waits.append(asyncio.ensure_future(gateway.supervisor.fatal.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if gateway is not None and gateway.supervisor.fatal.is_set():
+            print(f"streamgw: stopping: {gateway.supervisor.fatal_error}", file=sys.stderr, flush=True)
+            return 1
+        return 0
     finally:
         log.info("shutting down")
         if gateway is not None:
@@ -113,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure(settings.log_level)
     try:
-        asyncio.run(_serve(args.command, settings))
-    except OSError as exc:
+        return asyncio.run(_serve(args.command, settings))
+    except OSError as exc:  # ListenError among them: the message names the address
         print(f"streamgw: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

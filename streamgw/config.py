@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamgw.errors import ConfigError
+from streamgw.livepeer.signing import ZERO_ADDRESS, parse_address_list
 
 ENV_PREFIX = "STREAMGW_"
 ENV_CONFIG_FILE = "STREAMGW_CONFIG"
@@ -100,13 +101,25 @@ class Settings(BaseModel):
     )
     max_sessions: int = Field(10, ge=1, le=10000, description="orchestrator: most gateway sessions at once")
     transcode_workers: int = Field(
-        2, ge=1, le=256, description="orchestrator: segments transcoded at once (threads)"
+        0, ge=0, le=256, description="orchestrator: segments transcoded at once (threads); 0: one per CPU core"
+    )
+    transcode_capacity: int = Field(
+        0, ge=0, le=1024, description="orchestrator: segments accepted at once (advertised as its capacity; "
+        "more are answered OrchestratorBusy); 0: 2 x transcode_workers",
     )
     orch_data_dir: str = Field(
         "", description="orchestrator: where its TLS certificate is kept; empty: ~/.streamgw/orchestrator"
     )
     orch_delay: float = Field(
         0.0, ge=0.0, le=60.0, description="orchestrator: seconds of delay added per segment (testing)"
+    )
+    orch_require_signed: bool = Field(
+        False, description="orchestrator: refuse unsigned (offchain) gateways; GetOrchestrator requests "
+        "and segments must be signed by the gateway's key",
+    )
+    orch_allowed_gateways: str = Field(
+        "", description="orchestrator: serve only these gateway addresses (0x..., comma-separated), which "
+        "must sign their requests; empty: every gateway",
     )
     log_level: str = Field("info", description="debug, info, warning or error")
     webrtc_addrs: str = Field(
@@ -157,6 +170,13 @@ class Settings(BaseModel):
         for url in (s.strip() for s in value.split(",")):
             if url and url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
                 raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return value
+
+    @field_validator("orch_allowed_gateways")
+    @classmethod
+    def _gateways(cls, value: str) -> str:
+        if ZERO_ADDRESS in parse_address_list(value):
+            raise ValueError("the zero address cannot sign, so it cannot be allowed")
         return value
 
     @field_validator("log_level")

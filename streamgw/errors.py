@@ -2,6 +2,8 @@
 
     StreamgwError
     ├── ConfigError            invalid settings, unknown keys
+    ├── ListenError            a listening port cannot be bound (in use, not permitted); names the
+    │                          address; also an OSError
     ├── ProtocolError          a peer broke a wire protocol
     │   ├── RtmpError
     │   │   ├── HandshakeError
@@ -24,7 +26,10 @@
     └── MediaError             media that cannot be segmented
         ├── KeyframeTimeout    no keyframe for too long
         ├── SegmentTooLarge    a segment outgrew its byte bound
-        └── TranscodeError     a segment or rendition spec that cannot be transcoded
+        ├── TranscodeError     a segment or rendition spec that cannot be transcoded
+        └── SegmentRejected    an orchestrator could not transcode a segment because of the segment
+                               (undecodable, unsupported codec or pixel format): the stream's fault,
+                               never held against the orchestrator
 
 Third-party errors are translated at the boundary with ``raise ... from exc``.
 """
@@ -38,6 +43,10 @@ class StreamgwError(Exception):
 
 class ConfigError(StreamgwError):
     """The configuration is invalid."""
+
+
+class ListenError(StreamgwError, OSError):
+    """A server cannot listen on its address; the text names the address and what it is for."""
 
 
 class ProtocolError(StreamgwError):
@@ -130,3 +139,7 @@ class OrchestratorUnavailable(OrchestratorError):
 
 class OrchestratorBusy(OrchestratorError):
     """An orchestrator is at capacity: try another, without holding it against this one."""
+
+
+class SegmentRejected(MediaError):
+    """An orchestrator reports that a segment itself cannot be transcoded: charged to its stream, not to it."""

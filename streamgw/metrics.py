@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from streamgw.gateway.dispatcher import DispatchObserver
+from streamgw.gateway.dispatcher import DispatchObserver, Outcome
 from streamgw.gateway.ingest import SegmentObserver
 from streamgw.segment import Segment
 
@@ -42,8 +42,14 @@ class Metrics(SegmentObserver, DispatchObserver):
         )
 
         self.orchestrator_attempts = Counter(
-            "streamgw_orchestrator_attempts", "Segment attempts per orchestrator and outcome",
+            "streamgw_orchestrator_attempts",
+            "Segment attempts per orchestrator and outcome (ok, failed, busy, rejected: the segment's fault, "
+            "abandoned: cancelled)",
             ["orchestrator", "outcome"], registry=self.registry,
+        )
+        self.orchestrator_busy = Counter(
+            "streamgw_orchestrator_busy_refusals", "Segments an orchestrator refused for lack of capacity",
+            ["orchestrator"], registry=self.registry,
         )
         self.orchestrator_seconds = Histogram(
             "streamgw_orchestrator_round_trip_seconds", "Upload, transcode and download time per attempt",
@@ -55,9 +61,11 @@ class Metrics(SegmentObserver, DispatchObserver):
             ["outcome"], buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16), registry=self.registry,
         )
 
-    def on_attempt(self, orchestrator: str, ok: bool, seconds: float) -> None:
-        self.orchestrator_attempts.labels(orchestrator, "ok" if ok else "failed").inc()
-        if ok:
+    def on_attempt(self, orchestrator: str, outcome: Outcome, seconds: float) -> None:
+        self.orchestrator_attempts.labels(orchestrator, outcome).inc()
+        if outcome == "busy":
+            self.orchestrator_busy.labels(orchestrator).inc()
+        elif outcome == "ok":
             self.orchestrator_seconds.labels(orchestrator).observe(seconds)
 
     def on_transcoded(self, ok: bool, seconds: float) -> None:

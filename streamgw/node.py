@@ -33,6 +33,7 @@ from streamgw.metrics import Metrics
 from streamgw.net import tcp_listener
 from streamgw.output.hls import HlsOutput, Recorder
 from streamgw.output.whep import WhepOutput, WhepSettings
+from streamgw.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class GatewayNode:
             self.dispatcher = Dispatcher(
                 self.hub, self.pool, self.profiles,
                 DispatchSettings(max_in_flight=settings.max_in_flight, max_backlog=2 * settings.max_in_flight),
-                selection_policy(settings), observer=self.metrics,
+                selection_policy(settings), observer=self.metrics, has_video=self._has_video,
             )
         ice = IceSettings(
             addresses=parse_ice_addresses(settings.webrtc_addrs),
@@ -160,12 +161,19 @@ class GatewayNode:
             ice, open_tee=self.whep.open_tee,
         )
         web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
+        self.supervisor = Supervisor("gateway")
         self.app = create_app(self.ingest, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
-                              routers=[webrtc_router(self.whip, self.whep, settings.whip_token)])
+                              routers=[webrtc_router(self.whip, self.whep, settings.whip_token)],
+                              health=self.supervisor, rtmp_address=self._rtmp_address)
         self._http: _Uvicorn | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._http_task: asyncio.Task[None] | None = None
         self.http_port = 0
+
+    def _has_video(self, stream: str) -> bool | None:
+        """Whether a stream carries video (the dispatcher sends none that does not); None before probing."""
+        live = self.ingest.streams.get(stream)
+        if live is None or live.info is None:
+            return None
+        return live.info.video_codec is not None
 
     def _whep_available(self, stream: str, rendition: str) -> bool:
         live = self.ingest.streams.get(stream)
@@ -174,28 +182,38 @@ class GatewayNode:
         return rendition == "source" or rendition in self.hls.renditions(stream) or any(
             p.name == rendition for p in self.profiles)
 
+    def _rtmp_address(self) -> tuple[str, int]:
+        """The RTMP host as configured and the port bound (the web page's publish instructions)."""
+        return split_addr(self.settings.rtmp_addr)[0], self.rtmp.port
+
     async def start(self) -> None:
-        """Bind both ports and start serving."""
-        self._tasks.append(asyncio.create_task(self.hls.run(self.hub.subscribe(maxsize=1024))))
-        self._tasks.append(asyncio.create_task(self.whep.run(self.hub.subscribe(maxsize=1024))))
-        if self.dispatcher is not None and self.pool is not None:
-            self._tasks.append(asyncio.create_task(self.dispatcher.run(self.hub.subscribe(maxsize=1024))))
-            self._tasks.append(asyncio.create_task(self.pool.run()))
+        """Bind both ports and start serving; every loop runs under ``self.supervisor``.
+
+        A loop that fails is logged and restarted with a fresh hub subscription (the events
+        published while it was down are lost); the HTTP server cannot be restarted, so its failure
+        sets ``supervisor.fatal`` and the process stops.
+        """
+        hub, sup = self.hub, self.supervisor
+        sup.spawn("hls", lambda: self.hls.run(hub.subscribe(maxsize=1024)))
+        sup.spawn("whep", lambda: self.whep.run(hub.subscribe(maxsize=1024)))
+        dispatcher, pool = self.dispatcher, self.pool
+        if dispatcher is not None and pool is not None:
+            sup.spawn("dispatcher", lambda: dispatcher.run(hub.subscribe(maxsize=1024)))
+            sup.spawn("discovery", pool.run)
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
-        sock = tcp_listener(host, port)
+        sock = tcp_listener(host, port, what="HTTP")
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
-        self._http = _Uvicorn(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        self._tasks.append(self._http_task)
-        while not self._http.started:
+        http = self._http = _Uvicorn(config)
+        sup.spawn("http", lambda: http.serve(sockets=[sock]), restart=False)
+        while not http.started:
             await asyncio.sleep(0.01)
-            if self._http_task.done():
-                self._http_task.result()
+            if sup.fatal.is_set():
+                raise RuntimeError(f"the gateway did not start: {sup.fatal_error}")
         log.info("RTMP on rtmp://%s:%d/live/STREAM, HTTP on http://%s:%d/",
                  host if host else "0.0.0.0", self.rtmp.port, host, self.http_port)
 
@@ -209,9 +227,6 @@ class GatewayNode:
         await self.hls.flush()
         if self._http is not None:
             self._http.should_exit = True
-        for task in self._tasks:
-            if task is not self._http_task:
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.close(wait=("http",), timeout=5.0)
         if self.dispatcher is not None:
             await self.dispatcher.close()

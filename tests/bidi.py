@@ -88,7 +88,8 @@ class Firefox:
         self._next_id = 0
         self._ws: Any = None
         self._drain: threading.Thread | None = None
-        env = {**os.environ, "MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_HEADLESS": "1"}
+        # The profile is also its HOME: nothing lands in the test's own HOME.
+        env = {**os.environ, "HOME": self.profile, "MOZ_CRASHREPORTER_DISABLE": "1", "MOZ_HEADLESS": "1"}
         self.proc = subprocess.Popen(
             [str(binary), "--headless", "--no-remote", "--profile", self.profile,
              "--remote-debugging-port", str(self.port), "about:blank"],

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import site
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import hypothesis  # noqa: F401 - imported before any test runs: see below
 import pytest
 
-from streamgw.config import load_settings
+from streamgw.config import Settings, load_settings, split_addr
 from streamgw.node import GatewayNode
 
 # hypothesis's pytest plugin imports hypothesis at the end of the session if no test did; by then
@@ -25,6 +29,71 @@ from streamgw.node import GatewayNode
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
+# The ports a node listens on when nobody says otherwise: tests never use them (see below).
+DEFAULT_PORTS = tuple(split_addr(str(Settings.model_fields[name].default))[1]
+                      for name in ("rtmp_addr", "http_addr", "serve_addr"))
+
+
+class DefaultPorts:
+    """Listening sockets on the default ports, so that a node started on one fails at bind time."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, socket.socket] = {}
+
+    def hold(self) -> None:
+        """Take each default port not held yet; one another process holds is left to it (binding
+        there fails just the same) and tried again before the next test."""
+        for port in DEFAULT_PORTS:
+            if port in self.held:
+                continue
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen(1)
+            except OSError:
+                sock.close()
+                continue
+            self.held[port] = sock
+
+    def close(self) -> None:
+        """Release them."""
+        for sock in self.held.values():
+            sock.close()
+        self.held.clear()
+
+
+@pytest.fixture(scope="session")
+def default_ports() -> Iterator[DefaultPorts]:
+    """The default ports, held for the whole run (tests use free ports only)."""
+    ports = DefaultPorts()
+    yield ports
+    ports.close()
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, default_ports: DefaultPorts) -> Iterator[Path]:
+    """Each test (and every process it starts) gets an empty ``HOME``, no ``STREAMGW_*`` variables and
+    the default ports taken; it fails if anything was written under ``HOME`` (the orchestrator's
+    default data directory is there: tests pass a temporary one)."""
+    default_ports.hold()
+    home = tmp_path_factory.mktemp("home")
+    names = ["HOME", "PYTHONUSERBASE", *(k for k in os.environ if k.startswith("STREAMGW_"))]
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.setdefault("PYTHONUSERBASE", site.getuserbase())  # a `pip install --user` still imports
+    for k in names:
+        if k.startswith("STREAMGW_"):
+            del os.environ[k]
+    os.environ["HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert not written, f"written under $HOME ({home}): {written}"
 
 
 @dataclass
@@ -192,8 +261,6 @@ def finish(proc: subprocess.Popen[str], *, kill: bool = False, timeout: float = 
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -214,8 +281,6 @@ class OrchestratorProcess:
 
 def start_orchestrator(data_dir: str, port: int | None = None, *extra: str) -> OrchestratorProcess:
     """Start ``streamgw orchestrator`` on 127.0.0.1 and wait until its TLS port accepts."""
-    import socket
-
     port = port or free_port()
     proc = subprocess.Popen(
         ["streamgw", "orchestrator", "--serve-addr", f"127.0.0.1:{port}", "--orch-data-dir", data_dir,

@@ -65,7 +65,8 @@ def test_source_keeps_playing_when_no_orchestrator_answers(
     dead = f"https://127.0.0.1:{free_port()}"
     gw = gateway_factory(orch_addr=dead, transcoding_options=LADDER)
     proc = start_publish(gw.rtmp_url("lonely"), seconds=5)
-    assert finish(proc) is not None and proc.returncode == 0
+    err = finish(proc)
+    assert proc.returncode == 0, f"the publisher failed: {err}"
     gw.wait_for(lambda: gw.get("/api/streams/lonely").json()["state"] == "ended")
     pl = parse_playlist(gw.get("/stream/lonely/source.m3u8").text)
     assert pl.ended and abs(sum(e[0] for e in pl.entries) - 5.0) < 0.1

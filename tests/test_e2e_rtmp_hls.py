@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FFPROBE, RunningGateway, finish, publish, start_publish
+from tests.conftest import FFPROBE, RunningGateway, finish, free_port, publish, start_publish
 from tests.media import parse_playlist, probe_segment, seq_of
 
 pytestmark = pytest.mark.slow
@@ -242,16 +242,13 @@ def test_metrics_and_health(gateway: RunningGateway) -> None:
 
 
 def test_cli_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    rtmp, http = free_port(), free_port()
+    # Free ports for all three listeners and a private data dir for the embedded orchestrator's
+    # certificate: never the defaults (1935, 9935, 8935, ~/.streamgw), which conftest holds.
+    rtmp, http, orch = free_port(), free_port(), free_port()
+    data_dir = tmp_path / "orch"
     env = {**os.environ, "STREAMGW_HTTP_ADDR": f"127.0.0.1:{http}"}
-    proc = subprocess.Popen(["streamgw", "up", "--rtmp-addr", f"127.0.0.1:{rtmp}"], env=env,
+    proc = subprocess.Popen(["streamgw", "up", "--rtmp-addr", f"127.0.0.1:{rtmp}",
+                             "--serve-addr", f"127.0.0.1:{orch}", "--orch-data-dir", str(data_dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -272,6 +269,8 @@ def test_cli_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "shutting down" in err
+    assert f"orchestrator at https://127.0.0.1:{orch}" in out, out
+    assert (data_dir / "cert.pem").is_file(), "the certificate is kept in --orch-data-dir"
 
 
 def test_obs_encoder_settings_with_b_frames(gateway_factory: Callable[..., RunningGateway]) -> None:

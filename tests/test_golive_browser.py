@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.browsers import chromium
 from tests.conftest import RunningGateway, wait_until
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -38,27 +36,9 @@ def test_golive_page_is_served_and_self_contained(gateway: RunningGateway) -> No
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    """Headless Chromium with a fake camera and microphone, driven by selenium over chromedriver."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert CHROMEDRIVER.exists(), f"{CHROMEDRIVER} is missing (apt-get install chromium-driver)"
-    with tempfile.TemporaryDirectory(prefix="streamgw-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for flag in CHROMIUM_FLAGS:
-            options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={profile}")
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-        try:
-            driver.set_page_load_timeout(30)
-            driver.set_script_timeout(10)
-            yield driver
-        finally:
-            driver.quit()
+    """Headless Chromium with a fake camera and microphone over chromedriver; fails when either is missing."""
+    with chromium(CHROMIUM_FLAGS) as driver:
+        yield driver
 
 
 

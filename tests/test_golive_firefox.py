@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 
 from tests.bidi import FIREFOX, Firefox
+from tests.browsers import require
 from tests.conftest import RunningGateway, wait_until
 
 
 @pytest.fixture
 def firefox() -> Iterator[Firefox]:
     """Headless Firefox with a fake camera and microphone; fails (not skips) when it is missing."""
-    assert FIREFOX.exists(), f"{FIREFOX} is missing (apt-get install firefox-esr; scripts/test.sh does)"
+    require((FIREFOX, "firefox-esr"))
     browser = Firefox()
     try:
         yield browser

@@ -169,8 +169,13 @@ def test_credential_refusals(tmp_path: Path, source_segments: list[Segment]) -> 
             hevc = Capabilities.from_ids({*job_capabilities(LADDER).ids, Capability.HEVC_ENCODE})
             r = await _post(h, info, header(capabilities=hevc), src.data)
             assert (r.status_code, r.text) == (403, "incompatible capabilities\n")
-            r = await _post(h, info, header(auth_token=None), src.data)
+            # No token, no session: the signature is checked against the Payment's sender, which an
+            # on-chain gateway always sends (WIRE.md section 9); an anonymous sender signs nothing.
+            sender = base64.b64encode(pb.Payment(sender=signer.address).SerializeToString()).decode()
+            r = await _post(h, info, header(auth_token=None), src.data, payment=sender)
             assert (r.status_code, r.text) == (403, "missing auth token\n")
+            r = await _post(h, info, header(auth_token=None), src.data)
+            assert (r.status_code, r.text) == (403, "ErrSegSig\n")
             bad = AuthToken(b"\x00" * 32, info.auth_token.session_id, info.auth_token.expiration)
             r = await _post(h, info, header(auth_token=bad), src.data)
             assert (r.status_code, r.text) == (403, "invalid auth token\n")

@@ -15,7 +15,7 @@ import pytest
 from streamgw.errors import MediaError, TranscodeError
 from streamgw.media.bytequeue import ByteQueue
 from streamgw.media.mpegts import PAT_PID, first_pid
-from streamgw.media.segmenter import Segmenter, SegmenterSettings
+from streamgw.media.segmenter import Segmenter, SegmenterSettings, avc_codec_string
 from streamgw.media.transcoder import RenditionSpec, TranscodeOptions, fit_size, transcode
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG
@@ -283,3 +283,40 @@ def test_bad_spec(kwargs: dict[str, object], match: str) -> None:
 def test_bad_options() -> None:
     with pytest.raises(TranscodeError, match="preset"):
         TranscodeOptions(preset="placebo")
+
+
+@pytest.fixture(scope="module", params=["yuv422p", "yuv420p10le", "yuv444p"])
+def pro_source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(pix_fmt, directory with src.ts and src.flv): 1 s of 640x360 H.264 in a format browsers cannot play."""
+    d = tmp_path_factory.mktemp(request.param)
+    subprocess.run([
+        FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=48000",
+        "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", request.param,
+        "-c:a", "aac", "-f", "mpegts", str(d / "src.ts"),
+    ], check=True, timeout=60)
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(d / "src.ts"),
+                    "-c", "copy", "-f", "flv", str(d / "src.flv")], check=True, timeout=60)
+    return request.param, d
+
+
+@pytest.mark.parametrize("muxer", ["segmenter", "ffmpeg"])
+def test_renditions_are_8bit_420_whatever_the_source(pro_source: tuple[str, Path], muxer: str) -> None:
+    """4:2:2, 4:4:4 and 10-bit sources give 8-bit 4:2:0 High/Main renditions, which browsers play.
+
+    ``segmenter``: a segment as streamgw's gateway cuts it from RTMP; ``ffmpeg``: MPEG-TS muxed by
+    ffmpeg, as a go-livepeer gateway uploads it (its first AAC packet comes ~80 KB in).
+    """
+    pix_fmt, d = pro_source
+    data = cut(d / "src.flv")[0].data if muxer == "segmenter" else (d / "src.ts").read_bytes()
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        assert next(c.decode(video=0)).format.name == pix_fmt
+    specs = [RenditionSpec("360p", 640, 360, 800_000), RenditionSpec("180p", 320, 180, 300_000, h264_profile="main")]
+    for spec, out in zip(specs, transcode(data, specs), strict=True):
+        with av.open(io.BytesIO(out), format="mpegts") as c:
+            frames = list(c.decode(video=0))
+            profile = c.streams.video[0].codec_context.profile
+        assert {f.format.name for f in frames} == {"yuv420p"}, spec.name
+        assert profile == ("Main" if spec.h264_profile == "main" else "High"), spec.name
+        assert (avc_codec_string(out) or "").startswith("avc1.4d" if spec.h264_profile == "main" else "avc1.64")
+        assert len(frames) == 30, spec.name  # the whole 1 s source, in one segment either way

@@ -1,5 +1,6 @@
-// streamgw web page: lists live streams (polling /api/streams) and plays one with hls.js.
-// Plain JS, no build step. Player state for tests and debugging is on window.streamgwPlayer.
+// streamgw web page: lists live streams (polling /api/streams) and plays one with hls.js: the one
+// named by ?stream=, the one clicked, or the only live one. Plain JS, no build step. Player state
+// for tests and debugging is on window.streamgwPlayer.
 "use strict";
 
 (function () {
@@ -29,12 +30,17 @@
     errors: [],          // hls.js errors: {type, details, fatal}
     streams: [],         // names in the last /api/streams answer
     polls: 0,            // successful polls
+    url: null,           // the playlist being played (a rendition's when the source is not playable)
+    autoSelected: false, // the stream was picked because it was the only one live
+    rtmp: null,          // the publish URL shown (from /api/info)
   };
   window.streamgwPlayer = player;
 
   let hls = null;
   let playingStartedAt = null;   // started_at of the publication being played
+  let playingUrl = null;         // the playlist URL hls.js was given
   let selected = new URLSearchParams(location.search).get("stream") || null;
+  let autoSelected = false;      // selected only because it was the one live stream
   let lastStreams = [];
 
   // ---- formatting -------------------------------------------------------------------------
@@ -83,6 +89,8 @@
     video.removeAttribute("src");
     video.load();
     playingStartedAt = null;
+    playingUrl = null;
+    player.url = null;
   }
 
   function resetStats() {
@@ -93,12 +101,30 @@
     player.errors = [];
   }
 
-  function play(stream) {
+  // The rendition browsers can play when the source cannot (4:2:2, 10-bit...): the tallest one.
+  function browserRendition(stream) {
+    const height = (name) => { const m = /(\d+)p/.exec(name); return m ? Number(m[1]) : 0; };
+    const others = (stream.renditions || []).filter((r) => r !== "source");
+    others.sort((a, b) => height(b) - height(a));
+    return others.length ? others[0] : null;
+  }
+
+  // What to play: the master playlist, or one rendition when the source cannot play in browsers
+  // (null while that stream has no rendition yet).
+  function playUrl(stream) {
+    if (stream.browser_playable !== false) return stream.playlist;
+    const rendition = browserRendition(stream);
+    return rendition ? "/stream/" + encodeURIComponent(stream.name) + "/" + encodeURIComponent(rendition) + ".m3u8"
+      : null;
+  }
+
+  function play(stream, url) {
     stopPlayer();
     resetStats();
     playingStartedAt = stream.started_at;
+    playingUrl = url;
+    player.url = url;
     setState("loading");
-    const url = stream.playlist;
     $("playlist-url").textContent = url;
     $("playlist-url").href = url;
     $("playlist-link").hidden = false;
@@ -154,6 +180,8 @@
       setState("idle");
     }
     selected = name;
+    autoSelected = false;
+    player.autoSelected = false;
     player.stream = name;
     const params = new URLSearchParams(location.search);
     params.set("stream", name);
@@ -174,18 +202,49 @@
       const button = el("button", "stream-name", s.name);
       button.type = "button";
       button.addEventListener("click", () => select(s.name));
+      const badges = el("span", null);
+      badges.append(el("span", "badge state-" + s.state, s.state));
+      const notes = warningsOf(s);
+      if (notes.length) {
+        const warn = el("span", "badge warn", "⚠ " + notes.length);
+        warn.title = notes.join("\n");
+        badges.append(" ", warn);
+      }
       item.append(
         button,
-        el("span", "badge state-" + s.state, s.state),
+        badges,
         el("span", "muted", fmtResolution(s) + " · " + fmtBitrate(s.bitrate) + " · " + fmtDuration(s.uptime)),
       );
       list.append(item);
     }
   }
 
+  // The API's warnings about a stream (long keyframe interval...); absent on older gateways.
+  function warningsOf(stream) {
+    return Array.isArray(stream && stream.warnings) ? stream.warnings.map(String) : [];
+  }
+
+  function renderNotes(stream) {
+    const list = $("warnings");
+    const notes = warningsOf(stream);
+    list.replaceChildren(...notes.map((w) => el("li", null, w)));
+    list.hidden = notes.length === 0;
+    const note = $("source-note");
+    if (stream && stream.browser_playable === false) {
+      const rendition = browserRendition(stream);
+      note.textContent = "The source (" + (stream.codecs || "this codec") + ") cannot play in browsers; " +
+        (rendition ? "playing the " + rendition + " rendition instead." : "waiting for a rendition to play instead.");
+      note.hidden = false;
+    } else {
+      note.textContent = "";
+      note.hidden = true;
+    }
+  }
+
   function renderInfo(stream) {
     const info = $("info");
     info.replaceChildren();
+    renderNotes(stream);
     if (!stream) return;
     const rows = [
       ["State", stream.state],
@@ -206,7 +265,19 @@
     }
   }
 
+  // With no stream asked for, play the only live one (and follow it if another replaces it).
+  function autoSelect() {
+    if (selected && !autoSelected) return;
+    const live = lastStreams.filter((s) => s.state === "live");
+    if (live.length !== 1 || live[0].name === selected) return;
+    if (selected) { stopPlayer(); resetStats(); setState("idle"); }
+    selected = live[0].name;
+    autoSelected = true;
+    player.autoSelected = true;
+  }
+
   function render() {
+    autoSelect();
     renderList(lastStreams);
     player.stream = selected;
     if (!selected) {
@@ -226,10 +297,14 @@
       }
       return;
     }
-    // Start when newly selected, after a fatal error (which clears playingStartedAt), or when a
-    // new publication replaced the old one.
-    if (stream.segments > 0 && playingStartedAt !== stream.started_at) {
-      play(stream);
+    // Start when newly selected, after a fatal error (which clears playingStartedAt), when a new
+    // publication replaced the old one, or when what to play changed (a rendition appeared).
+    const url = playUrl(stream);
+    if (stream.segments > 0 && url && (playingStartedAt !== stream.started_at || playingUrl !== url)) {
+      play(stream, url);
+    } else if (!url && stream.segments > 0 && player.state === "idle") {
+      setState("waiting");
+      $("player-state").textContent = "waiting for a rendition browsers can play…";
     }
   }
 
@@ -252,14 +327,30 @@
     setTimeout(poll, POLL_MS);
   }
 
-  function showPublishHost() {
-    const host = location.hostname || "HOST";
+  // The publish instructions: the gateway's RTMP address as configured (its host, or this page's
+  // host when it listens on every interface) and the port it is bound to.
+  function showPublishAddress(info) {
+    let host = (info && info.rtmp_host) || location.hostname || "HOST";
+    if (host.includes(":") && !host.startsWith("[")) host = "[" + host + "]";  // IPv6
+    const port = (info && info.rtmp_port) || 1935;
+    const base = "rtmp://" + host + ":" + port + "/" + ((info && info.rtmp_app) || "live");
+    player.rtmp = base;
     for (const node of document.querySelectorAll(".rtmp-url")) {
-      node.textContent = node.textContent.replace("HOST", host);
+      node.textContent = base + (node.dataset.suffix || "");
     }
   }
 
-  showPublishHost();
+  async function loadInfo() {
+    try {
+      const resp = await fetch("/api/info", { cache: "no-store" });
+      if (resp.ok) showPublishAddress(await resp.json());  // else an older gateway: the default port stays
+    } catch (err) {
+      setTimeout(loadInfo, POLL_MS * 5);  // unreachable for now
+    }
+  }
+
+  showPublishAddress(null);
+  loadInfo();
   if (selected) player.stream = selected;
   poll();
 })();

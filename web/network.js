@@ -4,6 +4,7 @@
   const table = document.getElementById("orchestrators");
   const body = table.querySelector("tbody");
   const empty = document.getElementById("no-orchestrators");
+  const busyColumn = document.getElementById("busy-column");
 
   function cell(text, title) {
     const td = document.createElement("td");
@@ -19,6 +20,7 @@
     }
     if (o.last_error) return ["error", o.last_error];
     if (!o.transcoder) return ["not contacted yet", ""];
+    if (o.busy_refusals) return ["ok", "refused " + o.busy_refusals + " segments as busy (at capacity)"];
     return ["ok", ""];
   }
 
@@ -26,6 +28,9 @@
     window.streamgwNetwork = list;
     empty.hidden = list.length > 0;
     table.hidden = list.length === 0;
+    // Busy refusals: shown when the gateway reports them (older ones do not).
+    const busy = list.some(function (o) { return typeof o.busy_refusals === "number"; });
+    busyColumn.hidden = !busy;
     body.replaceChildren(...list.map(function (o) {
       const tr = document.createElement("tr");
       const price = o.pixels_per_unit ? (o.price_per_unit / o.pixels_per_unit).toPrecision(3) : "–";
@@ -37,6 +42,15 @@
           "round-trip seconds per second of media (moving average)"),
         cell(o.success_rate == null ? "–" : Math.round(o.success_rate * 100) + "%"),
         cell(String(o.segments)),
+      );
+      if (busy) {
+        const refused = typeof o.busy_refusals === "number" ? o.busy_refusals : 0;
+        const td = cell(String(refused), "segments refused because it was at capacity");
+        td.dataset.field = "busy-refusals";
+        if (refused) td.className = "busy";
+        tr.append(td);
+      }
+      tr.append(
         cell(String(o.in_flight)),
         cell(state, why),
       );

@@ -1,15 +1,23 @@
-"""The gateway's HTTP surface: HLS, the control API, metrics, and the web pages."""
+"""The gateway's HTTP surface: HLS, the control API, metrics, and the web pages.
+
+Every handler is ``async def``: it runs on the event loop, between the loop's own changes to the
+state it reads (live streams, playlist deques, the orchestrator pool, metrics callbacks). A sync
+handler would run in Starlette's thread pool and iterate that state while the loop mutates it.
+None of them blocks (FileResponse and StaticFiles read files in threads of their own).
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -23,12 +31,15 @@ from streamgw.media.segmenter import avc_codec_string
 from streamgw.media.transcoder import fit_size
 from streamgw.metrics import Metrics
 from streamgw.output.hls import HlsOutput, RenditionPlaylist, Variant, master_playlist
+from streamgw.supervise import TaskStatus
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp2t"
 # Playlists change every segment; segments never change (their names are unique per publication).
 PLAYLIST_CACHE = "max-age=1"
 SEGMENT_CACHE = "public, max-age=86400, immutable"
+RTMP_APP = "live"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class StreamView(BaseModel):
@@ -56,6 +67,9 @@ class StreamView(BaseModel):
     playlist: str
     last_error: str | None
     transcode_error: str | None  # why the latest segment got no renditions
+    keyframe_interval: float | None  # seconds: the longest of the last 8 intervals between keyframes
+    browser_playable: bool  # browsers can play the source as published (else: a rendition)
+    warnings: list[str]  # what is wrong with the published stream for its viewers, in words
 
 
 class OrchestratorView(BaseModel):
@@ -70,19 +84,47 @@ class OrchestratorView(BaseModel):
     success_rate: float | None  # of recent attempts
     segments: int
     failures: int
+    busy_refusals: int  # segments it refused for lack of capacity (no failure, no suspension)
     in_flight: int
     suspended_until: float | None  # Unix time
     last_seconds: float
     last_error: str | None
 
 
-class Health(BaseModel):
-    """Liveness answer."""
+class TaskView(BaseModel):
+    """A supervised background task of the gateway."""
 
-    status: str
+    name: str
+    state: str  # running | restarting | failed | stopped
+    restarts: int
+    failures: int
+    last_error: str | None
+    last_failure_ago: float | None  # seconds
+
+
+class Health(BaseModel):
+    """Liveness answer: ``degraded`` while a background task is down or failed in the last minutes."""
+
+    status: str  # ok | degraded
     version: str
     streams: int
     uptime: float
+    tasks: list[TaskView]
+
+
+class Info(BaseModel):
+    """What a client needs to publish to this gateway."""
+
+    version: str
+    rtmp_host: str | None  # None: every interface (use the host the page was loaded from)
+    rtmp_port: int | None
+    rtmp_app: str  # rtmp://HOST:PORT/APP/STREAM
+
+
+class HealthSource(Protocol):
+    """What ``/healthz`` reads: streamgw.supervise.Supervisor."""
+
+    def statuses(self) -> list[TaskStatus]: ...
 
 
 def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = None) -> StreamView:
@@ -110,6 +152,9 @@ def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = No
         playlist=f"/stream/{stream.name}.m3u8",
         last_error=stream.last_error,
         transcode_error=dispatcher.stream_error(stream.name) if dispatcher else None,
+        keyframe_interval=info.keyframe_interval if info else None,
+        browser_playable=stream.browser_playable,
+        warnings=stream.warnings,
     )
 
 
@@ -128,11 +173,20 @@ def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: Liv
 def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                profiles: list[VideoProfile] | None = None,
                dispatcher: Dispatcher | None = None,
-               routers: Sequence[APIRouter] = ()) -> FastAPI:
-    """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP)."""
+               routers: Sequence[APIRouter] = (),
+               health: HealthSource | None = None,
+               rtmp_address: Callable[[], tuple[str, int]] | None = None) -> FastAPI:
+    """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP).
+
+    ``health`` gives the background tasks ``/healthz`` reports; ``rtmp_address`` the RTMP host as
+    configured and the port bound, for the page's publish instructions (``/api/info``).
+    """
     by_name = {p.name: p for p in profiles or []}
     started = time.monotonic()
-    app = FastAPI(title="streamgw", version=__version__, description="Live video gateway for Livepeer")
+    # /docs is ours, not FastAPI's: its default loads Swagger UI from a CDN (blank offline). ReDoc
+    # has no vendored copy, so it is off.
+    app = FastAPI(title="streamgw", version=__version__, description="Live video gateway for Livepeer",
+                  docs_url=None, redoc_url=None)
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD", "OPTIONS", "POST", "PATCH", "DELETE"],
         allow_headers=["*"], expose_headers=["Location"],  # WHIP/WHEP clients on other origins read Location
@@ -141,23 +195,34 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
         app.include_router(router)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> Health:
-        """Liveness and a one-line summary."""
-        return Health(status="ok", version=__version__, streams=len(ingest.live_streams()),
-                      uptime=round(time.monotonic() - started, 3))
+    async def healthz() -> Health:
+        """Liveness, a one-line summary, and the background tasks (``degraded`` if one is failing)."""
+        statuses = health.statuses() if health is not None else []
+        tasks = [TaskView(name=t.name, state=t.state.value, restarts=t.restarts, failures=t.failures,
+                          last_error=t.last_error, last_failure_ago=t.last_failure_ago) for t in statuses]
+        return Health(status="ok" if all(t.healthy for t in statuses) else "degraded", version=__version__,
+                      streams=len(ingest.live_streams()), uptime=round(time.monotonic() - started, 3),
+                      tasks=tasks)
+
+    @app.get("/api/info", response_model=Info, tags=["ops"])
+    async def info() -> Info:
+        """Where to publish: the RTMP address as configured (the port as bound)."""
+        host, port = rtmp_address() if rtmp_address is not None else ("", None)
+        return Info(version=__version__, rtmp_host=None if host in WILDCARD_HOSTS else host,
+                    rtmp_port=port or None, rtmp_app=RTMP_APP)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/streams", response_model=list[StreamView], tags=["streams"])
-    def list_streams() -> list[StreamView]:
+    async def list_streams() -> list[StreamView]:
         """Every live (or reconnecting) stream."""
         return [_view(s, hls, dispatcher) for s in sorted(ingest.live_streams(), key=lambda s: s.name)]
 
     @app.get("/api/streams/{name}", response_model=StreamView, tags=["streams"])
-    def get_stream(name: str) -> StreamView:
+    async def get_stream(name: str) -> StreamView:
         """One stream, including a recently ended one."""
         stream = ingest.streams.get(name)
         if stream is None:
@@ -165,7 +230,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
         return _view(stream, hls, dispatcher)
 
     @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
-    def list_orchestrators() -> list[OrchestratorView]:
+    async def list_orchestrators() -> list[OrchestratorView]:
         """Every configured orchestrator: what it offers and how it has done."""
         views = []
         now, wall = time.monotonic(), time.time()
@@ -179,14 +244,17 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                 pixels_per_unit=info.price_info.pixelsPerUnit if info else None,
                 latency_score=round(r.latency, 4) if r.latency is not None else None,
                 success_rate=round(rate, 3) if (rate := r.success_rate(now)) is not None else None,
-                segments=r.segments, failures=r.failures, in_flight=r.in_flight,
+                segments=r.segments, failures=r.failures, busy_refusals=r.busy_refusals, in_flight=r.in_flight,
                 suspended_until=round(wall + r.suspended_until - now, 3) if r.suspended(now) else None,
                 last_seconds=round(r.last_seconds, 3), last_error=r.last_error,
             ))
         return views
 
+    # HEAD (RFC 9110 9.3.2) on playlists and segments: players and CDNs probe with it. A route of
+    # its own, out of the schema: one route with both methods gives a duplicate operation id.
     @app.get("/stream/{name}.m3u8", tags=["hls"], response_class=Response)
-    def master(name: str) -> Response:
+    @app.head("/stream/{name}.m3u8", include_in_schema=False)
+    async def master(name: str) -> Response:
         """The master playlist of a stream: one variant per rendition."""
         stream = ingest.streams.get(name)
         renditions = hls.renditions(name)
@@ -200,6 +268,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                     rendition, rp.bandwidth or int(stream.bitrate), info.codecs if info else "",
                     info.width if info else None, info.height if info else None,
                     info.fps if info and info.fps and math.isfinite(info.fps) else None,
+                    playable=stream.browser_playable,
                 ))
             elif rendition in by_name:
                 variants.append(_rendition_variant(by_name[rendition], rp, stream))
@@ -207,7 +276,8 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                         headers={"Cache-Control": PLAYLIST_CACHE})
 
     @app.get("/stream/{name}/{rendition}.m3u8", tags=["hls"], response_class=Response)
-    def media(name: str, rendition: str) -> Response:
+    @app.head("/stream/{name}/{rendition}.m3u8", include_in_schema=False)
+    async def media(name: str, rendition: str) -> Response:
         """A rendition's live media playlist."""
         text = hls.media_playlist(name, rendition)
         if text is None:
@@ -215,16 +285,27 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
         return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": PLAYLIST_CACHE})
 
     @app.get("/stream/{name}/{rendition}/{segment}", tags=["hls"], response_class=Response)
-    def segment(name: str, rendition: str, segment: str) -> Response:
+    @app.head("/stream/{name}/{rendition}/{segment}", include_in_schema=False)
+    async def segment(name: str, rendition: str, segment: str) -> Response:
         """A segment's MPEG-TS bytes, while it is retained."""
         data = hls.segment(name, rendition, segment)
         if data is None:
             raise HTTPException(404, f"no segment {segment!r}")
         return Response(data, media_type=SEGMENT_TYPE, headers={"Cache-Control": SEGMENT_CACHE})
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def index() -> FileResponse:
         return FileResponse(web_dir / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI from web/vendor (served under /web), never from a CDN."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+            swagger_js_url="/web/vendor/swagger-ui-bundle.js", swagger_css_url="/web/vendor/swagger-ui.css",
+            swagger_favicon_url="/web/vendor/swagger-ui-favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # the online validator badge: a remote request
+        )
 
     app.mount("/web", StaticFiles(directory=web_dir), name="web")
     return app

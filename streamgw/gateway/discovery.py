@@ -4,7 +4,9 @@ The pool keeps each orchestrator's OrchestratorInfo (capabilities, prices, capac
 its certificate is pinned by the client) and refreshes it in the background, in parallel and
 with bounded timeouts, before the auth token expires. It also keeps the health record that
 selection reads: a moving average of latency, recent outcomes, and suspension with a penalty
-that doubles with each consecutive failure and resets on success.
+that doubles with each consecutive failure and resets on success. Only the orchestrator's own
+failures count: a busy refusal is counted apart (``busy_refusals``) and a segment it rejected
+for the segment's own fault (``segments_rejected``) is no mark against it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class OrchestratorRecord:
     in_flight: int = 0
     segments: int = 0
     failures: int = 0
+    busy_refusals: int = 0  # attempts refused for lack of capacity
+    segments_rejected: int = 0  # segments it could not transcode because of the segment
     last_error: str | None = None
     last_seconds: float = 0.0
 
@@ -145,10 +149,27 @@ class OrchestratorPool:
         r.latency = sample if r.latency is None else (1 - LATENCY_ALPHA) * r.latency + LATENCY_ALPHA * sample
 
     def busy(self, url: str) -> None:
-        """An attempt was refused for lack of capacity: no suspension, the session stays."""
+        """An attempt was refused for lack of capacity: counted, no suspension, the session stays."""
         r = self.records[url]
         r.in_flight -= 1
+        r.busy_refusals += 1
         r.last_error = "busy"
+
+    def abandoned(self, url: str) -> None:
+        """An attempt on ``url`` was cancelled before it ended: no outcome, no longer in flight."""
+        self.records[url].in_flight -= 1
+
+    def rejected(self, url: str) -> None:
+        """``url`` answered that the segment itself cannot be transcoded: the stream's fault, not its.
+
+        A proper answer all the same: it counts as a good outcome (no latency sample: no transcode).
+        """
+        r = self.records[url]
+        r.in_flight -= 1
+        r.segments_rejected += 1
+        r.outcomes.append((self._clock(), True))
+        r.consecutive_failures = 0
+        r.last_error = None
 
     def failed(self, url: str, error: str, *, forget_session: bool) -> float:
         """An attempt failed; suspends ``url`` and returns the suspension in seconds."""

@@ -118,7 +118,8 @@ class Ingest:
         else:
             if len(self.live_streams()) >= self.settings.max_streams:
                 raise CapacityError(f"at capacity ({self.settings.max_streams} streams)")
-            stream = LiveStream(name=name, publisher=remote)
+            stream = LiveStream(name=name, publisher=remote,
+                                target_duration=float(self.settings.segmenter.target_duration))
             self.streams[name] = stream
             log.info("stream %s: published by %s", name, remote)
         queue = ByteQueue(max_bytes=self.settings.max_backlog_bytes)
@@ -164,7 +165,7 @@ class Ingest:
         loop.call_soon_threadsafe(self._on_segmenter_done, pub, error)
 
     def _on_info(self, stream: LiveStream, info: MediaInfo) -> None:
-        stream.info = info
+        stream.set_info(info)
         log.info("stream %s: %s", stream.name, info)
 
     def _on_segment(self, stream: LiveStream, segment: Segment, latency: float) -> None:

@@ -2,7 +2,10 @@
 
 Timeouts follow go-livepeer: gRPC dial 3 s and call 8 s; a segment's early 200 within
 max(2 s, 0.5 x duration) after its upload, the whole call within max(8 s, 4 x duration).
-Errors surface as :class:`~streamgw.errors.OrchestratorError` subclasses, classified by type.
+Errors surface as :class:`~streamgw.errors.OrchestratorError` subclasses, classified by type,
+or as :class:`~streamgw.errors.SegmentRejected` when the orchestrator blames the segment itself.
+go-livepeer reports transcode failures only as text in ``TranscodeResult.error`` (WIRE.md §6), so
+this module is where those texts become types (:func:`result_error`), in one table.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ import grpc.aio
 import httpcore  # noqa: F401 - httpx imports it (and trio) on first use: ~0.2 s that must not stall the loop
 import httpx
 
-from streamgw.errors import OrchestratorError, OrchestratorUnavailable, TranscodeResultError
+from streamgw.errors import (
+    OrchestratorBusy,
+    OrchestratorError,
+    OrchestratorUnavailable,
+    SegmentRejected,
+    StreamgwError,
+    TranscodeResultError,
+)
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer import lp_rpc_pb2_grpc as pb_grpc
 from streamgw.livepeer.capabilities import Capabilities
@@ -39,6 +49,35 @@ log = logging.getLogger(__name__)
 
 GRPC_CONNECT_TIMEOUT = 3.0
 GRPC_CALL_TIMEOUT = 8.0
+
+INVALID_INPUT = "TranscoderInvalidInput"
+"""lpms's text for input it cannot transcode; streamgw's orchestrator sends ``INVALID_INPUT: detail``."""
+
+# TranscodeResult.error texts, by what they mean. Only the text before the first ":" is compared.
+# "Full, not broken": go-livepeer swaps orchestrator on these (server/broadcast.go sessionErrStrings).
+BUSY_ERRORS = frozenset({"OrchestratorBusy", "OrchestratorCapped"})
+# "The segment, not the orchestrator": lpms's non-retryable errors that describe the input
+# (lpms ffmpeg/ffmpeg.go ErrTranscoder*, ffmpeg/errors.go lpmsErrors and NonRetryableErrs). Not
+# FFmpeg's generic "Invalid argument", which an orchestrator's own bug gives as well. Every other
+# text (MediaStats Failure, ZeroSegments, ...) is the orchestrator's failure.
+SEGMENT_ERRORS = frozenset({
+    INVALID_INPUT, "TranscoderInvalidVideo", "TranscoderInvalidPixelformat", "EmptyData",
+    "Unsupported input pixel format", "Unsupported input codec", "No keyframes in input",
+    "Decoder not found", "Demuxer not found",
+})
+
+
+def result_error(url: str, result: pb.TranscodeResult) -> StreamgwError | None:
+    """The error a ``TranscodeResult`` reports, as its type: busy, the segment's fault, or the orchestrator's."""
+    if result.WhichOneof("result") != "error":
+        return None
+    text = result.error.strip()
+    head = text.split(":", 1)[0].strip()
+    if head in BUSY_ERRORS:
+        return OrchestratorBusy(f"{url}: {text}")
+    if head in SEGMENT_ERRORS:
+        return SegmentRejected(f"{url}: {text}")
+    return OrchestratorError(f"{url}: transcode failed: {text}")
 
 
 def segment_deadlines(duration_s: float) -> tuple[float, float]:
@@ -100,7 +139,11 @@ class OrchestratorClient:
                 # An orchestrator restarted with a new certificate fails the handshake: re-pin once.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
                     continue
-                raise OrchestratorUnavailable(f"{self.url}: GetOrchestrator: {exc.details()}") from exc
+                details = exc.details() or ""
+                # go-livepeer: "Invalid orchestrator request: OrchestratorCapped" (no session free).
+                if details.rsplit(":", 1)[-1].strip() in BUSY_ERRORS:
+                    raise OrchestratorBusy(f"{self.url}: GetOrchestrator: {details}") from exc
+                raise OrchestratorUnavailable(f"{self.url}: GetOrchestrator: {details}") from exc
             except OrchestratorError:
                 raise
             except Exception as exc:  # ProtocolError from pinning, OSError
@@ -122,7 +165,11 @@ class OrchestratorClient:
 
     async def submit(self, info: pb.OrchestratorInfo, meta: SegMetadata, data: bytes,
                      duration_s: float) -> SegmentAnswer:
-        """POST one segment to ``info.transcoder``/segment and read its ``TranscodeResult``."""
+        """POST one segment to ``info.transcoder``/segment and read its successful ``TranscodeResult``.
+
+        A result that reports an error raises it as its type (:func:`result_error`):
+        :class:`OrchestratorBusy`, :class:`SegmentRejected`, or :class:`OrchestratorError`.
+        """
         segdata = build_segdata(meta, self.signer)
         headers = {
             SEGMENT_HEADER: encode_segdata_header(segdata),
@@ -169,6 +216,9 @@ class OrchestratorClient:
             result = parse_transcode_result(body)
         except TranscodeResultError as exc:
             raise OrchestratorError(f"{url}: {exc}") from exc
+        error = result_error(self.url, result)
+        if error is not None:
+            raise error
         return SegmentAnswer(result, upload, time.monotonic() - started)
 
     async def download(self, url: str, timeout: float) -> bytes:

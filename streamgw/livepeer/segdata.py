@@ -28,9 +28,16 @@ from streamgw.errors import (
     TranscodeResultError,
 )
 from streamgw.livepeer import lp_rpc_pb2 as pb
-from streamgw.livepeer.capabilities import Capabilities, check_compatible
+from streamgw.livepeer.capabilities import Capabilities, StorageKind, check_compatible
 from streamgw.livepeer.profiles import EncoderProfile, VideoFormat, VideoProfile
-from streamgw.livepeer.signing import MessageSigner, bytes_to_address, checksum_address, keccak256, verify_message
+from streamgw.livepeer.signing import (
+    ZERO_ADDRESS,
+    MessageSigner,
+    bytes_to_address,
+    checksum_address,
+    keccak256,
+    verify_message,
+)
 from streamgw.livepeer.tickets import int_to_bytes
 
 __all__ = [
@@ -38,12 +45,15 @@ __all__ = [
     "AuthToken",
     "DEFAULT_DURATION_MS",
     "EMPTY_SEGMENT_HASH",
+    "GatewayPolicy",
     "INVALID_PROFILES",
     "MAX_DURATION_MS",
     "MIN_RENDITION_BYTES",
+    "OSInfo",
     "PAYMENT_HEADER",
     "ProfilesField",
     "Rendition",
+    "S3Info",
     "SEGMENT_HEADER",
     "SegMetadata",
     "SegmentParameters",
@@ -91,6 +101,35 @@ MIN_RENDITION_BYTES = 25
 """An O refuses to sign a rendition shorter than this (its ``ZeroSegments`` error)."""
 
 ProfilesField = Literal["fullProfiles", "fullProfiles2", "fullProfiles3"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPolicy:
+    """Which gateways an O serves (O-side; WIRE.md section 4 "Offchain nodes", section 9).
+
+    ``unsigned``: accept an offchain gateway's shapes, a GetOrchestrator with an empty ``sig`` (its
+    ``address`` is 20 zero bytes) and segments with an empty SegData ``sig`` and no Payment sender, as
+    go-livepeer's offchain O does; such a gateway is anonymous (the zero address). ``allowed``: when
+    non-empty, only signed requests from these 20-byte addresses, so unsigned ones are refused too.
+    A signature that is present is always checked, offchain or not.
+    """
+
+    unsigned: bool = True
+    allowed: frozenset[bytes] = frozenset()
+
+    @property
+    def accepts_unsigned(self) -> bool:
+        """Whether an unsigned (offchain) gateway is served."""
+        return self.unsigned and not self.allowed
+
+    def allows(self, address: bytes) -> bool:
+        """Whether a gateway that proved ``address`` by its signature is served."""
+        return not self.allowed or bytes_to_address(address) in self.allowed
+
+    @classmethod
+    def for_verifier(cls, verifier: MessageSigner) -> GatewayPolicy:
+        """go-livepeer's own rule: an offchain O (zero address) serves unsigned gateways, an on-chain O does not."""
+        return cls(unsigned=verifier.address == ZERO_ADDRESS)
 
 
 def _hash32(raw: bytes) -> bytes:
@@ -167,11 +206,56 @@ class SegmentParameters:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Info:
+    """An S3 POST policy B hands the O to upload results with (``S3OSInfo``); opaque strings."""
+
+    host: str = ""
+    key: str = ""
+    policy: str = ""
+    signature: str = ""
+    credential: str = ""
+    x_amz_date: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OSInfo:
+    """B's object store for the O's results (``OSInfo``): its type and, for S3, its upload policy."""
+
+    storage_type: StorageKind = StorageKind.DIRECT
+    s3info: S3Info | None = None
+
+    def to_proto(self) -> pb.OSInfo:
+        """The wire message."""
+        msg = pb.OSInfo(storageType=self.storage_type.name)  # StorageKind names are the proto enum names
+        if self.s3info is not None:
+            s3 = self.s3info
+            msg.s3info.CopyFrom(pb.S3OSInfo(host=s3.host, key=s3.key, policy=s3.policy, signature=s3.signature,
+                                            credential=s3.credential, xAmzDate=s3.x_amz_date))
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.OSInfo) -> OSInfo:
+        """Decode the wire message; raises ``SegDataError`` for an unknown storage type."""
+        try:
+            kind = StorageKind(msg.storageType)
+        except ValueError as exc:
+            raise SegDataError(f"unknown storage type {msg.storageType}") from exc
+        s3 = None
+        if msg.HasField("s3info"):
+            m = msg.s3info
+            s3 = S3Info(host=m.host, key=m.key, policy=m.policy, signature=m.signature, credential=m.credential,
+                        x_amz_date=m.xAmzDate)
+        return cls(kind, s3)
+
+
+@dataclass(frozen=True, slots=True)
 class SegMetadata:
     """What a SegData says about one segment (Go's ``SegTranscodingMetadata``).
 
     ``seg_hash`` is ``keccak256`` of the segment bytes; ``duration_ms`` is whole ms. Parsed on the O,
-    ``duration_ms`` 0 has already become ``DEFAULT_DURATION_MS``.
+    ``duration_ms`` 0 has already become ``DEFAULT_DURATION_MS``. ``storage`` is B's object store for
+    the results (``None``: the O's own); ``calc_perceptual_hash`` asks for perceptual hashes of the
+    renditions (verification). Neither is signed.
     """
 
     manifest_id: bytes
@@ -184,6 +268,7 @@ class SegMetadata:
     segment_parameters: SegmentParameters | None = None
     force_session_reinit: bool = False
     calc_perceptual_hash: bool = False
+    storage: OSInfo | None = None
 
     def flatten(self) -> bytes:
         """The signed bytes (``flatten``)."""
@@ -213,6 +298,8 @@ def build_segdata(meta: SegMetadata, signer: MessageSigner) -> pb.SegData:
     msg.capabilities.CopyFrom(meta.capabilities.to_proto())
     if meta.auth_token is not None:
         msg.auth_token.CopyFrom(meta.auth_token.to_proto())
+    if meta.storage is not None:  # Go B sends its one object store, if it has one
+        msg.storage.append(meta.storage.to_proto())
     target = profiles_field(meta.profiles)
     if target is not None:
         getattr(msg, target).extend(p.to_proto() for p in meta.profiles)
@@ -247,7 +334,8 @@ def parse_segdata(msg: pb.SegData) -> SegMetadata:
 
     Profiles come from the first non-empty of fullProfiles3, fullProfiles2, fullProfiles (an unnamed one
     becomes ``net_WxH_bitrate``); the legacy ``profiles`` bytes are ignored. Duration 0 means 2 s; below 0
-    or above 5 min is ``invalid duration``. Absent capabilities read as the empty set.
+    or above 5 min is ``invalid duration``. Absent capabilities read as the empty set. Of ``storage``
+    the O takes the first entry.
     """
     source = msg.fullProfiles3 or msg.fullProfiles2 or msg.fullProfiles
     try:
@@ -271,6 +359,7 @@ def parse_segdata(msg: pb.SegData) -> SegMetadata:
         segment_parameters=clip,
         force_session_reinit=msg.ForceSessionReinit,
         calc_perceptual_hash=msg.calc_perceptual_hash,
+        storage=OSInfo.from_proto(msg.storage[0]) if msg.storage else None,
     )
 
 
@@ -282,6 +371,7 @@ def verify_segment_credentials(
     orchestrator_caps: Capabilities,
     auth_secret: bytes,
     now: float,
+    policy: GatewayPolicy | None = None,
 ) -> SegMetadata:
     """The O's ``verifySegCreds`` for a ``Livepeer-Segment`` header; raises ``SegDataError`` (a 403 body).
 
@@ -289,13 +379,25 @@ def verify_segment_credentials(
     ``flatten`` by ``sender`` (``ErrSegSig``; the Payment's sender, or the zero address without one),
     capabilities (``incompatible capabilities``), then the auth token (``missing auth token``,
     ``invalid auth token``, ``expired auth token``). ``now`` is Unix seconds. Capacity is the caller's.
+
+    An unsigned segment from the zero address is an offchain gateway's: it passes when ``policy``
+    accepts unsigned gateways. Anything else is checked by ``verifier`` and must come from a gateway
+    ``policy`` allows, else ``ErrSegSig``. ``policy`` defaults to ``GatewayPolicy.for_verifier``.
     """
+    policy = policy if policy is not None else GatewayPolicy.for_verifier(verifier)
+    sender = bytes_to_address(sender)
     msg = decode_segdata_header(header)
     meta = parse_segdata(msg)
-    try:
-        verifier.verify(bytes_to_address(sender), meta.flatten(), msg.sig)
-    except SignatureError as exc:
-        raise SegDataError("ErrSegSig") from exc
+    offchain = not msg.sig and sender == ZERO_ADDRESS
+    if not (offchain and policy.accepts_unsigned):
+        if not msg.sig and not policy.accepts_unsigned:
+            raise SegDataError("ErrSegSig") from SignatureError("unsigned segments are not served")
+        try:
+            verifier.verify(sender, meta.flatten(), msg.sig)
+        except SignatureError as exc:
+            raise SegDataError("ErrSegSig") from exc
+        if not policy.allows(sender):
+            raise SegDataError("ErrSegSig") from SignatureError(f"gateway {checksum_address(sender)} is not allowed")
     try:
         check_compatible(meta.capabilities, orchestrator_caps)
     except CapabilityMismatch as exc:
@@ -406,17 +508,31 @@ def orchestrator_request(
     return msg
 
 
-def verify_orchestrator_request(msg: pb.OrchestratorRequest, verifier: MessageSigner) -> bytes:
+def verify_orchestrator_request(
+    msg: pb.OrchestratorRequest, verifier: MessageSigner, policy: GatewayPolicy | None = None
+) -> bytes:
     """The O's check of a ``GetOrchestrator`` request; returns B's 20-byte address.
 
-    Raises ``SignatureError("orchestrator req sig check failed")``; the O answers gRPC UNKNOWN with
-    ``Invalid orchestrator request: `` and that text.
+    An unsigned request (empty ``sig``: an offchain gateway) passes when ``policy`` accepts unsigned
+    gateways and returns the zero address, whatever ``address`` claims. A signed one is checked by
+    ``verifier`` against ``address`` and must come from a gateway ``policy`` allows. Raises
+    ``SignatureError("orchestrator req sig check failed")`` (its cause says why); the O answers gRPC
+    UNKNOWN with ``Invalid orchestrator request: `` and that text. ``policy`` defaults to
+    ``GatewayPolicy.for_verifier``.
     """
+    policy = policy if policy is not None else GatewayPolicy.for_verifier(verifier)
+    failed = "orchestrator req sig check failed"
+    if not msg.sig and policy.accepts_unsigned:
+        return ZERO_ADDRESS
+    if not msg.sig:
+        raise SignatureError(failed) from SignatureError("unsigned requests are not served")
     address = bytes_to_address(msg.address)
     try:
         verifier.verify(address, checksum_address(address).encode("ascii"), msg.sig)
     except SignatureError as exc:
-        raise SignatureError("orchestrator req sig check failed") from exc
+        raise SignatureError(failed) from exc
+    if not policy.allows(address):
+        raise SignatureError(failed) from SignatureError(f"gateway {checksum_address(address)} is not allowed")
     return address
 
 

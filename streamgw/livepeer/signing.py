@@ -30,6 +30,7 @@ __all__ = [
     "keccak256",
     "keccak256_off_loop",
     "parse_address",
+    "parse_address_list",
     "personal_digest",
     "recover_address",
     "verify_message",
@@ -87,6 +88,29 @@ def parse_address(address: str | bytes) -> bytes:
     if len(raw) != 20:
         raise ValueError(f"an address is 20 bytes, got {len(raw)}")
     return raw
+
+
+def parse_address_list(text: str) -> frozenset[bytes]:
+    """20-byte addresses from comma-separated ``0x`` hex; raises ``ValueError`` naming the bad one.
+
+    All-lowercase or all-uppercase hex is taken as is; mixed case must pass its EIP-55 checksum, so a
+    mistyped character is caught rather than silently naming someone else.
+    """
+    out: set[bytes] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item[:2] not in ("0x", "0X"):
+            raise ValueError(f"{item!r} is not a 0x address")
+        try:
+            raw = parse_address(item)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a 20-byte hex address") from exc
+        digits = item[2:]
+        if digits != digits.lower() and digits != digits.upper() and checksum_address(raw)[2:] != digits:
+            raise ValueError(f"{item!r} fails its EIP-55 checksum (expected {checksum_address(raw)})")
+        out.add(raw)
+    return frozenset(out)
 
 
 def checksum_address(address: str | bytes) -> str:

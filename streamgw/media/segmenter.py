@@ -4,15 +4,21 @@ Runs in a worker thread (PyAV blocks and releases the GIL); it never touches the
 Every segment starts with PAT/PMT and an IDR frame (the mpegts muxer inserts
 ``h264_mp4toannexb``, which puts SPS/PPS in front of each IDR), keeps the input's timestamps so
 that consecutive segments are continuous, and carries the audio.
+
+It also measures what the publisher's encoder does that the cut depends on: the keyframe
+interval (the longest of the last few; a segment can only end at a keyframe) and the picture
+size of each keyframe.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
@@ -53,6 +59,19 @@ class MediaInfo:
     channels: int | None
     codecs: str  # RFC 6381 codecs string for HLS, e.g. 'avc1.64001f,mp4a.40.2'
     probe_seconds: float = 0.0  # wall time from the first input byte to the end of probing
+    pix_fmt: str | None = None  # FFmpeg's name of the decoded picture format, e.g. 'yuv420p', 'yuv422p10le'
+    video_profile: str | None = None  # FFmpeg's name of the H.264 profile, e.g. 'High', 'High 4:2:2'
+    keyframe_interval: float | None = None  # seconds: the longest of the last 8 intervals between keyframes
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """Audio parameters read from a decoded frame, where probing ended before the first one."""
+
+    sample_rate: int
+    layout: str  # FFmpeg channel layout name, e.g. 'stereo'
+    channels: int
+    profile: str | None  # e.g. 'LC', 'HE-AAC'
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +85,28 @@ class SegmenterSettings:
     input_format: str = "flv"
 
 
+# Probing a live MPEG-TS input ends after probe_duration of media: at high bitrates the first AAC
+# packet can come later (behind a 1 MB keyframe). The segmenter then reads on for an audio frame
+# to take the parameters from, up to max(target_duration, AUDIO_WAIT) of media.
+AUDIO_WAIT = Fraction(1)
+_KEYFRAME_INTERVALS = 8  # keyframe_interval is the longest of this many
+
+
 class _Cut:
     """The segment being written: one mpegts muxer into memory."""
 
-    def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool) -> None:
+    def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool,
+                 audio_format: AudioFormat | None = None) -> None:
         self.buf = io.BytesIO()
         # One SDT at most (it is written once at the start), which finish() removes.
         self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
+        for s in streams:
+            if s.type == "audio" and audio_format is not None:
+                # Copied into the stream's parameters when the header is written (first mux).
+                out = self.map[s.index].codec_context
+                out.sample_rate = audio_format.sample_rate
+                out.layout = audio_format.layout
         self.start_pts = start_pts
         self.size = 0
         self.pictures = 0  # video packets (one picture each)
@@ -144,12 +177,25 @@ class Segmenter:
         if not videos and not audios:
             raise MediaError("published stream has neither H.264 video nor AAC audio")
         video = videos[0] if videos else None
-        streams = ([video] if video else []) + audios[:1]
-        info = dataclasses.replace(_media_info(video, audios[0] if audios else None),
-                                   probe_seconds=round(self._probed, 4))
-        self._on_info(info)
-        clock = video if video is not None else streams[0]
+        audio = audios[0] if audios else None
+        clock = video if video is not None else audios[0]
         tb = Fraction(clock.time_base)
+        packets: Iterator[Any] = container.demux([s for s in (video, audio) if s is not None])
+        audio_format: AudioFormat | None = None
+        if audio is not None and not (audio.codec_context.sample_rate > 0 and audio.codec_context.channels > 0):
+            held, audio_format = self._learn_audio(packets, audio, clock, tb)
+            packets = itertools.chain(held, packets)
+            if audio_format is None:
+                wait = float(max(self.settings.target_duration, AUDIO_WAIT))
+                if video is None:
+                    raise MediaError(f"no decodable audio frame in the first {wait:.1f} s")
+                log.warning("stream %s: no decodable audio frame in the first %.1f s: video only",
+                            self.stream_id, wait)
+                audio = None
+        streams = [s for s in (video, audio) if s is not None]
+        wanted = {s.index for s in streams}
+        info = dataclasses.replace(_media_info(video, audio, audio_format), probe_seconds=round(self._probed, 4))
+        self._on_info(info)
         target = int(self.settings.target_duration * Fraction(0.95) / tb)
         timeout = int(self.settings.keyframe_timeout / tb)
         cut: _Cut | None = None
@@ -157,8 +203,10 @@ class Segmenter:
         last_end = 0
         size = (info.width, info.height) if info.width and info.height else None
         fps_measured = False
-        for packet in container.demux(streams):
-            if packet.dts is None or packet.size == 0:
+        last_key: int | None = None
+        intervals: collections.deque[int] = collections.deque(maxlen=_KEYFRAME_INTERVALS)
+        for packet in packets:
+            if packet.dts is None or packet.size == 0 or packet.stream.index not in wanted:
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
             ts = int(Fraction(pts) * Fraction(packet.time_base) / tb)
@@ -172,14 +220,19 @@ class Segmenter:
                     size = new_size
                     info = dataclasses.replace(info, width=size[0], height=size[1])
                     self._on_info(info)
+                if video is not None:
+                    if last_key is not None and ts > last_key:
+                        intervals.append(ts - last_key)
+                        info = self._measure_keyframes(info, float(max(intervals) * tb))
+                    last_key = ts
                 if cut is None:
-                    cut = _Cut(streams, ts, self._discontinuity)
+                    cut = _Cut(streams, ts, self._discontinuity, audio_format)
                 elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
                     if not fps_measured and ts - cut.start_pts >= target and video is not None:
                         fps_measured = True
                         info = self._measure_fps(info, cut.pictures / float((ts - cut.start_pts) * tb))
                     self._emit(cut, ts - cut.start_pts, tb, source)
-                    cut = _Cut(streams, ts, resized)
+                    cut = _Cut(streams, ts, resized, audio_format)
             if packet.stream is clock:
                 end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
                 last_end = max(last_end, end)
@@ -199,6 +252,41 @@ class Segmenter:
             cut.mux(packet)
         if cut is not None and last_end > cut.start_pts:
             self._emit(cut, last_end - cut.start_pts, tb, source)
+
+    def _learn_audio(self, packets: Iterator[Any], audio: Any, clock: Any,
+                     tb: Fraction) -> tuple[list[Any], AudioFormat | None]:
+        """Read on to the first decodable frame of ``audio``, whose parameters probing missed.
+
+        Returns the packets read (to be segmented as usual) and the format, or None when no audio
+        frame came within ``max(target_duration, AUDIO_WAIT)`` of media (or by the end of input).
+        """
+        held: list[Any] = []
+        size = 0
+        first: int | None = None
+        limit = int(max(self.settings.target_duration, AUDIO_WAIT) / tb)
+        for packet in packets:
+            held.append(packet)
+            size += packet.size
+            if size > self.settings.max_segment_bytes:
+                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
+            if packet.stream is audio and packet.size:
+                audio_format = decoded_audio_format(packet)
+                if audio_format is not None:
+                    return held, audio_format
+            if packet.stream is clock and packet.dts is not None:
+                ts = int(Fraction(packet.dts) * Fraction(packet.time_base) / tb)
+                first = ts if first is None else first
+                if ts - first > limit:
+                    break
+        return held, None
+
+    def _measure_keyframes(self, info: MediaInfo, interval: float) -> MediaInfo:
+        """``info`` with the keyframe interval, reported when first measured or 10 % off."""
+        if info.keyframe_interval is not None and abs(interval - info.keyframe_interval) <= 0.1 * interval:
+            return info
+        info = dataclasses.replace(info, keyframe_interval=round(interval, 3))
+        self._on_info(info)
+        return info
 
     def _measure_fps(self, info: MediaInfo, measured: float) -> MediaInfo:
         """``info`` with the frame rate counted in the first full segment, where the probe's is off.
@@ -229,25 +317,47 @@ class Segmenter:
         self._on_segment(segment, latency)
 
 
-def _media_info(video: Any, audio: Any) -> MediaInfo:
+def decoded_audio_format(packet: Any) -> AudioFormat | None:
+    """The parameters of the audio frame one packet decodes to (a decoder of its own), or None."""
+    try:
+        decoder = av.CodecContext.create(packet.stream.codec_context.name, "r")
+        frames = decoder.decode(packet)
+    except av.error.FFmpegError:
+        return None
+    if not frames or not isinstance(frames[0], av.AudioFrame) or frames[0].sample_rate <= 0:
+        return None
+    frame = frames[0]
+    return AudioFormat(frame.sample_rate, frame.layout.name, frame.layout.nb_channels, decoder.profile)
+
+
+def _media_info(video: Any, audio: Any, audio_format: AudioFormat | None = None) -> MediaInfo:
     codecs: list[str] = []
     fps: float | None = None
+    pix_fmt: str | None = None
     if video is not None:
         ctx = video.codec_context
         codecs.append(avc_codec_string(ctx.extradata) or "avc1.640028")
         rate = video.average_rate or video.guessed_rate
         fps = float(rate) if rate else None
+        pix_fmt = ctx.format.name if ctx.format is not None else None
+    sample_rate = channels = None
     if audio is not None:
-        codecs.append("mp4a.40.5" if (audio.codec_context.profile or "").startswith("HE") else "mp4a.40.2")
+        ctx = audio.codec_context
+        profile = audio_format.profile if audio_format is not None else ctx.profile
+        codecs.append("mp4a.40.5" if (profile or "").startswith("HE") else "mp4a.40.2")
+        sample_rate = audio_format.sample_rate if audio_format is not None else ctx.sample_rate
+        channels = audio_format.channels if audio_format is not None else ctx.channels
     return MediaInfo(
         video_codec=video.codec_context.name if video is not None else None,
         width=video.codec_context.width if video is not None else None,
         height=video.codec_context.height if video is not None else None,
         fps=fps,
         audio_codec=audio.codec_context.name if audio is not None else None,
-        sample_rate=audio.codec_context.sample_rate if audio is not None else None,
-        channels=audio.codec_context.channels if audio is not None else None,
+        sample_rate=sample_rate,
+        channels=channels,
         codecs=",".join(codecs),
+        pix_fmt=pix_fmt,
+        video_profile=video.codec_context.profile if video is not None else None,
     )
 
 

@@ -9,11 +9,16 @@ length) per message, status in trailers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,29 +78,38 @@ class GrpcRouter:
         self._methods[path] = _Method(request_type, handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one call; a handler's unexpected exception is logged with the method and answered INTERNAL."""
+        path = str(scope.get("path", "?"))
         try:
             body = await _read_body(receive, MAX_MESSAGE + 5)
-            method = self._methods.get(scope["path"])
+            method = self._methods.get(path)
             if method is None:
-                raise GrpcStatusError(UNIMPLEMENTED, f"unknown method {scope['path']}")
+                raise GrpcStatusError(UNIMPLEMENTED, f"unknown method {path}")
             request = method.request_type()
-            request.ParseFromString(_unframe(body))
+            try:
+                request.ParseFromString(_unframe(body))
+            except DecodeError as exc:
+                raise GrpcStatusError(INVALID_ARGUMENT, f"cannot parse the request: {exc}") from exc
             timeout = _timeout(scope)
             response = await asyncio.wait_for(method.handler(request, scope), timeout)
+            payload = response.SerializeToString()
         except GrpcStatusError as exc:
             await _respond(send, None, exc.code, exc.message)
             return
         except TimeoutError:
             await _respond(send, None, DEADLINE_EXCEEDED, "deadline exceeded")
             return
-        except Exception as exc:  # protobuf DecodeError and friends
-            await _respond(send, None, INTERNAL if not _is_decode_error(exc) else INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            # A bug, not the caller's fault: the caller gets INTERNAL, the operator the traceback.
+            log.exception("gRPC %s from %s failed", path, _client(scope))
+            await _respond(send, None, INTERNAL, f"internal error: {type(exc).__name__}")
             return
-        await _respond(send, response.SerializeToString(), OK, "")
+        await _respond(send, payload, OK, "")
 
 
-def _is_decode_error(exc: Exception) -> bool:
-    return type(exc).__name__ == "DecodeError"
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

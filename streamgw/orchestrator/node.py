@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-from hypercorn.asyncio import serve
+import hypercorn
 from hypercorn.config import Config as HypercornConfig
 
 from streamgw.config import split_addr
@@ -21,11 +23,16 @@ from streamgw.livepeer.tls import ensure_certificate
 from streamgw.media.transcoder import RenditionSpec, transcode
 from streamgw.net import tcp_listener
 from streamgw.orchestrator.grpc_asgi import multiplex
+from streamgw.orchestrator.h2server import serve_tls
 from streamgw.orchestrator.service import OrchestratorService, OrchestratorSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path.home() / ".streamgw" / "orchestrator"
+
+def default_data_dir() -> Path:
+    """Where the certificate is kept when no data directory is set: ``~/.streamgw/orchestrator`` (read now)."""
+    return Path.home() / ".streamgw" / "orchestrator"
+
 
 _PROFILES = {
     EncoderProfile.ENCODER_DEFAULT: None,
@@ -56,21 +63,37 @@ class OrchestratorNodeSettings:
 
     serve_addr: str = "127.0.0.1:8935"
     service_addr: str = ""  # public URL; empty: https://SERVE_HOST:PORT
-    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR)
+    data_dir: Path = field(default_factory=default_data_dir)
     max_sessions: int = 10
-    transcode_workers: int = 2
+    transcode_workers: int = 0  # threads; 0: one per CPU this process may use
+    max_concurrent: int = 0  # segments accepted at once, more answer OrchestratorBusy; 0: 2 x workers
     delay: float = 0.0
+    require_signed: bool = False  # refuse unsigned (offchain) gateways
+    allowed_gateways: frozenset[bytes] = frozenset()  # non-empty: only these signed gateways
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else ``os.cpu_count()``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class OrchestratorNode:
     """An orchestrator serving gRPC and HTTPS on one TLS port, transcoding in worker threads."""
 
     GRACE = 3.0  # seconds open connections get to finish at shutdown
+    TLS_CLOSE = 1.0  # seconds a peer gets to answer our TLS close_notify (asyncio's default: 30)
 
     def __init__(self, settings: OrchestratorNodeSettings) -> None:
         self.settings = settings
+        self.workers = settings.transcode_workers or usable_cpus()
+        # Twice the workers: a segment that waits for a thread still beats a refusal, and the
+        # gateway's deadline (4 x its duration) leaves room for one ahead of it.
+        self.max_concurrent = settings.max_concurrent or 2 * self.workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.transcode_workers, thread_name_prefix="transcode"
+            max_workers=self.workers, thread_name_prefix="transcode"
         )
         self.service: OrchestratorService | None = None
         self.port = 0
@@ -92,7 +115,6 @@ class OrchestratorNode:
         """Bind, create or load the certificate, and serve."""
         host, port = split_addr(self.settings.serve_addr)
         sock = tcp_listener(host, port)
-        sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
         service_url = self.settings.service_addr or self.url
         if "://" not in service_url:
@@ -100,12 +122,12 @@ class OrchestratorNode:
         cert, key = ensure_certificate(self.settings.data_dir, host)
         self.service = OrchestratorService(
             OrchestratorSettings(service_url=service_url.rstrip("/"), max_sessions=self.settings.max_sessions,
-                                 max_concurrent=self.settings.transcode_workers * 2, delay=self.settings.delay),
+                                 max_concurrent=self.max_concurrent, delay=self.settings.delay,
+                                 require_signed=self.settings.require_signed,
+                                 allowed_gateways=self.settings.allowed_gateways),
             self._transcode,
         )
         config = HypercornConfig()
-        # hypercorn adopts the descriptor: detach it so our socket object never closes it.
-        config.bind = [f"fd://{sock.detach()}"]
         config.certfile = str(cert)
         config.keyfile = str(key)
         config.alpn_protocols = ["h2", "http/1.1"]
@@ -114,30 +136,73 @@ class OrchestratorNode:
         config.graceful_timeout = 2.0
         config.keep_alive_timeout = 30.0
         app = multiplex(self.service.grpc_router(), self.service.http)
-        self._task = asyncio.create_task(serve(app, config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
+        # hypercorn, with its HTTP/2 refusal and TLS close faults fixed (h2server.py); a refused
+        # upload may send as much after its answer as an accepted one may send in all.
+        self._task = asyncio.create_task(serve_tls(
+            app, config, sock, shutdown_trigger=self._stop.wait, ssl_shutdown_timeout=self.TLS_CLOSE,
+            discard_limit=self.service.settings.max_segment_bytes))
         await asyncio.sleep(0.05)
         if self._task.done():
             self._task.result()
-        log.info("orchestrator serving gRPC and HTTPS on %s (advertising %s)", self.url, service_url)
+        log.info("orchestrator serving gRPC and HTTPS on %s (advertising %s); %d transcode threads, "
+                 "%d segments at once", self.url, service_url, self.workers, self.max_concurrent)
 
     async def close(self) -> None:
         """Stop serving and the workers."""
         self._stop.set()
         if self._task is not None:
-            # hypercorn waits out asyncio's 30 s TLS shutdown for peers that keep their
-            # connection open; give them the graceful timeout, then cut them off.
+            # serve_tls gives connections the graceful timeout, then TLS_CLOSE for their TLS
+            # close; past that (it should not happen) they are cut off.
             # Connection tasks left behind end with the loop, each logging its CancelledError or
-            # a TLS shutdown error. The node is shutting down: keep the handler quiet about those.
-            asyncio.get_running_loop().set_exception_handler(_quiet_shutdown)
-            done, _ = await asyncio.wait({self._task}, timeout=self.GRACE)
+            # a TLS shutdown error. The node is shutting down: keep the handler quiet about those,
+            # and only those (in `streamgw up` the gateway shares this loop).
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(QuietShutdown(self.port, loop.get_exception_handler()))
+            done, _ = await asyncio.wait({self._task}, timeout=self.GRACE + self.TLS_CLOSE)
             if not done:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _quiet_shutdown(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-    """At shutdown, connection tasks report cancellation and broken TLS closes: expected, not logged."""
-    if isinstance(context.get("exception"), (asyncio.CancelledError, ssl.SSLError, ConnectionError)):
-        return
-    loop.default_exception_handler(context)
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+# Where the coroutines of the orchestrator's connection tasks are defined: hypercorn, and this
+# package (h2server's accept loop); the gateway runs none of them.
+_SERVER_DIRS = tuple(str(Path(str(f)).resolve().parent) + os.sep for f in (hypercorn.__file__, __file__))
+
+
+class QuietShutdown:
+    """The loop's exception handler once an orchestrator closes: quiet about its own connections only.
+
+    Its connection tasks (coroutines of hypercorn or of this package) and TLS transports (on its port) report
+    cancellation and broken TLS closes as they end with the loop: expected, not logged. Everything
+    else, such as the gateway's errors in ``streamgw up``, goes to the handler that was there before
+    (asyncio's default if none).
+    """
+
+    QUIET = (asyncio.CancelledError, ssl.SSLError, ConnectionError, TimeoutError)
+
+    def __init__(self, port: int, previous: ExceptionHandler | None) -> None:
+        self.port = port
+        self.previous = previous
+
+    def ours(self, context: dict[str, Any]) -> bool:
+        """Whether ``context`` is about one of the orchestrator's connections."""
+        task = context.get("task", context.get("future"))
+        if isinstance(task, asyncio.Task):
+            code = getattr(task.get_coro(), "cr_code", None)
+            if code is not None and str(Path(code.co_filename).resolve()).startswith(_SERVER_DIRS):
+                return True
+        transport = context.get("transport")
+        if isinstance(transport, asyncio.BaseTransport):
+            sockname = transport.get_extra_info("sockname")
+            return isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[1] == self.port
+        return False
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), self.QUIET) and self.ours(context):
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)

@@ -23,11 +23,13 @@ from google.protobuf.message import DecodeError
 from streamgw.errors import LivepeerError, MediaError, SegDataError, SignatureError
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import Capabilities, Capability
+from streamgw.livepeer.client import INVALID_INPUT
 from streamgw.livepeer.profiles import VideoProfile
 from streamgw.livepeer.segdata import (
     AUTH_TOKEN_VALIDITY_S,
     PAYMENT_HEADER,
     SEGMENT_HEADER,
+    GatewayPolicy,
     Rendition,
     SegMetadata,
     decode_segdata_header,
@@ -86,6 +88,10 @@ class OrchestratorSettings:
     price_per_unit: int = 0
     pixels_per_unit: int = 1
     delay: float = 0.0  # added per segment, to simulate a slow node in tests
+    # Offchain (no key) the O serves unsigned gateways, as go-livepeer's offchain O does, unless
+    # signed requests are required; a non-empty allow-list serves only those signed gateways.
+    require_signed: bool = False
+    allowed_gateways: frozenset[bytes] = frozenset()  # 20-byte addresses
 
 
 class OrchestratorService:
@@ -101,6 +107,10 @@ class OrchestratorService:
         self.state = OrchestratorState()
         self.sessions = Sessions(settings.max_sessions)
         self._auth_secret = secrets.token_bytes(32)
+        # An O with a key is on-chain: like go-livepeer's, it verifies every request.
+        offchain = self.signer.address == ZERO_ADDRESS
+        self.gateway_policy = GatewayPolicy(unsigned=offchain and not settings.require_signed,
+                                            allowed=settings.allowed_gateways)
 
     # --- gRPC ---
 
@@ -114,8 +124,9 @@ class OrchestratorService:
 
     async def _get_orchestrator(self, req: pb.OrchestratorRequest, scope: Scope) -> pb.OrchestratorInfo:
         try:
-            gateway = verify_orchestrator_request(req, _Verifier())
+            gateway = verify_orchestrator_request(req, _Verifier(), self.gateway_policy)
         except SignatureError as exc:
+            log.info("GetOrchestrator from %s refused: %s", _hex(req.address), exc.__cause__ or exc)
             raise GrpcStatusError(UNKNOWN, f"Invalid orchestrator request: {exc}") from exc
         session_id = self.sessions.open(gateway, ignore_capacity=req.ignoreCapacityCheck)
         if session_id is None:
@@ -207,13 +218,18 @@ class OrchestratorService:
         session = self.sessions.use(msg.auth_token.session_id)
         gateway = session.gateway_address if session is not None else ZERO_ADDRESS
         sender = payment.sender or gateway
-        # A session opened by a gateway with an address is bound to it: its segments must carry
-        # its signature. An offchain gateway (zero address, empty signatures) is accepted as
-        # go-livepeer's offchain orchestrator accepts it.
-        verifier: MessageSigner = _Verifier() if sender != ZERO_ADDRESS else OffchainSigner()
-        meta = verify_segment_credentials(header, verifier=verifier, sender=sender,
-                                          orchestrator_caps=self.capabilities,
-                                          auth_secret=self._auth_secret, now=time.time())
+        # A session opened by a signed gateway is bound to it: its segments must carry its
+        # signature. An anonymous (offchain) session's segments are unsigned, and served only as
+        # the gateway policy says; a signature that is present is always checked.
+        try:
+            meta = verify_segment_credentials(header, verifier=_Verifier(), sender=sender,
+                                              orchestrator_caps=self.capabilities,
+                                              auth_secret=self._auth_secret, now=time.time(),
+                                              policy=self.gateway_policy)
+        except SegDataError as exc:
+            if isinstance(exc.__cause__, SignatureError):
+                log.info("segment from %s refused: %s", _hex(sender), exc.__cause__)
+            raise
         assert meta.auth_token is not None
         if session is None:
             raise SegDataError("invalid auth token")
@@ -232,10 +248,16 @@ class OrchestratorService:
                 await asyncio.sleep(self.settings.delay)
             outputs = await self.transcode(body, meta.profiles)
             sig = sign_renditions(self.signer, outputs)
-        except (MediaError, LivepeerError) as exc:
+        except MediaError as exc:
+            # The segment's fault (does not decode, no video, unsupported input): lpms's text for
+            # invalid input first, so gateways charge it to the stream, not to this node.
             self.state.failures += 1
-            log.warning("transcode of %s seq %d failed: %s", session_id, meta.seq, exc)
-            return transcode_result(meta.seq, error=str(exc), info=info)
+            log.warning("transcode of %s seq %d failed (the segment): %s", session_id, meta.seq, exc)
+            return transcode_result(meta.seq, error=f"{INVALID_INPUT}: {exc}", info=info)
+        except Exception as exc:  # this node's own fault (a bug, an executor shut down), reported as one
+            self.state.failures += 1
+            log.exception("transcode of %s seq %d failed (this orchestrator)", session_id, meta.seq)
+            return transcode_result(meta.seq, error=f"transcoder failure: {type(exc).__name__}: {exc}", info=info)
         finally:
             self.state.in_flight -= 1
         renditions = []
@@ -274,6 +296,11 @@ class _Verifier:
 
     def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
         verify_sig(address, payload, sig)
+
+
+def _hex(address: bytes) -> str:
+    """An address as it arrived, for logs (it may be empty or malformed)."""
+    return "0x" + address.hex() if address else "(none)"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

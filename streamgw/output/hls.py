@@ -44,6 +44,7 @@ class Variant:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
+    playable: bool = True  # browsers can decode it (a 4:2:2 or 10-bit source cannot)
 
 
 class RenditionPlaylist:
@@ -249,9 +250,14 @@ class HlsOutput:
 
 
 def master_playlist(stream_id: str, variants: list[Variant]) -> str:
-    """The master playlist of ``stream_id`` (served at /stream/STREAM.m3u8), highest bandwidth first."""
+    """The master playlist of ``stream_id`` (served at /stream/STREAM.m3u8), highest bandwidth first.
+
+    Variants browsers cannot play come last: Safari starts with the first variant listed (Apple's
+    HLS authoring spec) and hls.js with the first one whose CODECS its MediaSource accepts, so both
+    start on a playable rendition; the variant keeps its true CODECS for players that filter by it.
+    """
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    for v in sorted(variants, key=lambda v: -v.bandwidth):
+    for v in sorted(variants, key=lambda v: (not v.playable, -v.bandwidth)):
         attrs = [f"BANDWIDTH={max(1, v.bandwidth)}"]
         if v.width and v.height:
             attrs.append(f"RESOLUTION={v.width}x{v.height}")

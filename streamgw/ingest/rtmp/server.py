@@ -22,6 +22,7 @@ from typing import Protocol
 from streamgw.errors import ProtocolError, RtmpError, StreamError, StreamgwError
 from streamgw.ingest.rtmp import amf0, chunk, flv
 from streamgw.ingest.rtmp.handshake import HANDSHAKE_SIZE, server_s0_s1_s2
+from streamgw.net import listen_error
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ class RtmpServer:
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Session(self), host, port, backlog=512)
+        try:
+            self._server = await loop.create_server(lambda: _Session(self), host, port, backlog=512)
+        except OSError as exc:
+            raise listen_error("RTMP", host, port, exc) from exc
 
     async def close(self) -> None:
         """Stop accepting and end every connection."""
