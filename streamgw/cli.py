@@ -13,7 +13,7 @@ from typing import Any
 
 from streamgw import __version__
 from streamgw.config import Settings, load_settings, split_addr
-from streamgw.errors import ConfigError
+from streamgw.errors import ConfigError, StreamgwError
 from streamgw.livepeer.signing import parse_address_list
 from streamgw.log import configure
 from streamgw.node import GatewayNode, load_profiles
@@ -101,17 +101,18 @@ async def _serve(command: str, settings: Settings) -> int:
             rtmp_host, http_host = (_url_host(split_addr(a)[0]) for a in (settings.rtmp_addr, settings.http_addr))
             print(f"streamgw {__version__}: publish to rtmp://{rtmp_host}:{gateway.rtmp.port}/live/STREAM, "
                   f"watch at http://{http_host}:{gateway.http_port}/", flush=True)  # the ports bound
+        supervisors = [node.supervisor for node in (orchestrator, gateway) if node is not None]
         waits = [asyncio.ensure_future(stop.wait())]
-        if gateway is not None:
-            waits.append(asyncio.ensure_future(gateway.supervisor.fatal.wait()))
+        waits += [asyncio.ensure_future(sup.fatal.wait()) for sup in supervisors]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()
-        if gateway is not None and gateway.supervisor.fatal.is_set():
-            print(f"streamgw: stopping: {gateway.supervisor.fatal_error}", file=sys.stderr, flush=True)
-            return 1
+        for sup in supervisors:
+            if sup.fatal.is_set():
+                print(f"streamgw: stopping: {sup.node} {sup.fatal_error}", file=sys.stderr, flush=True)
+                return 1
         return 0
     finally:
         log.info("shutting down")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_level)
     try:
         return asyncio.run(_serve(args.command, settings))
-    except OSError as exc:  # ListenError among them: the message names the address
+    except (OSError, StreamgwError) as exc:  # ListenError among them: the message names the address
         print(f"streamgw: {exc}", file=sys.stderr)
         return 1
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from streamgw.api.app import create_app
+from streamgw.errors import StreamgwError
 from streamgw.gateway.hub import Hub
 from streamgw.gateway.ingest import Ingest, IngestSettings
 from streamgw.metrics import Metrics
@@ -285,3 +286,40 @@ def ssl_error() -> Exception:
     import ssl
 
     return ssl.SSLError("gateway's TLS client broke")
+
+
+def test_orchestrator_server_is_supervised_and_its_failure_is_fatal(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The orchestrator's TLS server runs under its supervisor: while it serves, it shows as running;
+    when it fails (here a corrupt certificate in the data directory) the failure is logged, the
+    supervisor's ``fatal`` is set (``streamgw`` waits on it and exits 1) and start() says why."""
+    async def serving() -> list[TaskStatus]:
+        node = OrchestratorNode(OrchestratorNodeSettings(serve_addr="127.0.0.1:0", data_dir=tmp_path / "ok"))
+        await node.start()
+        try:
+            return node.supervisor.statuses()
+        finally:
+            await node.close()
+
+    (status,) = asyncio.run(serving())
+    assert (status.name, status.state, status.failures) == ("tls", TaskState.RUNNING, 0)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cert.pem").write_text("not a certificate")
+    (broken / "key.pem").write_text("not a key")
+
+    async def failing() -> tuple[str, bool, TaskStatus]:
+        node = OrchestratorNode(OrchestratorNodeSettings(serve_addr="127.0.0.1:0", data_dir=broken))
+        try:
+            with pytest.raises(StreamgwError) as raised:
+                await node.start()
+            return str(raised.value), node.supervisor.fatal.is_set(), node.supervisor.statuses()[0]
+        finally:
+            await node.close()
+
+    with caplog.at_level(logging.ERROR, logger="streamgw.supervise"):
+        why, fatal, status = asyncio.run(failing())
+    assert fatal and "tls" in why and "SSLError" in why
+    assert status.state is TaskState.FAILED and status.last_error and "SSLError" in status.last_error
+    assert any("orchestrator: tls failed" in r.getMessage() for r in caplog.records)

@@ -276,8 +276,13 @@ async def serve_tls(
     close_notify. Returns once every connection has ended.
     """
     loop = asyncio.get_running_loop()
-    ssl_context = config.create_ssl_context()
+    try:
+        ssl_context = config.create_ssl_context()
+    except BaseException:
+        sock.close()  # taken over, so closed here too when serving never starts
+        raise
     if ssl_context is None:
+        sock.close()
         raise ConfigError("serve_tls needs a certificate and key (config.certfile, config.keyfile)")
     context = WorkerContext(None)
     state: LifespanState = {}

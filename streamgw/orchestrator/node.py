@@ -17,7 +17,7 @@ import hypercorn
 from hypercorn.config import Config as HypercornConfig
 
 from streamgw.config import split_addr
-from streamgw.errors import TranscodeError
+from streamgw.errors import StreamgwError, TranscodeError
 from streamgw.livepeer.profiles import EncoderProfile, VideoCodec, VideoFormat, VideoProfile
 from streamgw.livepeer.tls import ensure_certificate
 from streamgw.media.transcoder import RenditionSpec, transcode
@@ -25,6 +25,7 @@ from streamgw.net import tcp_listener
 from streamgw.orchestrator.grpc_asgi import multiplex
 from streamgw.orchestrator.h2server import serve_tls
 from streamgw.orchestrator.service import OrchestratorService, OrchestratorSettings
+from streamgw.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class OrchestratorNode:
         self.service: OrchestratorService | None = None
         self.port = 0
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor("orchestrator")
 
     async def _transcode(self, data: bytes, profiles: Sequence[VideoProfile]) -> list[bytes]:
         specs = [rendition_spec(p) for p in profiles]
@@ -138,19 +139,21 @@ class OrchestratorNode:
         app = multiplex(self.service.grpc_router(), self.service.http)
         # hypercorn, with its HTTP/2 refusal and TLS close faults fixed (h2server.py); a refused
         # upload may send as much after its answer as an accepted one may send in all.
-        self._task = asyncio.create_task(serve_tls(
+        # The server owns its socket, so it cannot be restarted: its failure stops the process.
+        discard_limit = self.service.settings.max_segment_bytes
+        self.supervisor.spawn("tls", lambda: serve_tls(
             app, config, sock, shutdown_trigger=self._stop.wait, ssl_shutdown_timeout=self.TLS_CLOSE,
-            discard_limit=self.service.settings.max_segment_bytes))
+            discard_limit=discard_limit), restart=False)
         await asyncio.sleep(0.05)
-        if self._task.done():
-            self._task.result()
+        if self.supervisor.fatal.is_set():
+            raise StreamgwError(f"orchestrator did not start: {self.supervisor.fatal_error}")
         log.info("orchestrator serving gRPC and HTTPS on %s (advertising %s); %d transcode threads, "
                  "%d segments at once", self.url, service_url, self.workers, self.max_concurrent)
 
     async def close(self) -> None:
         """Stop serving and the workers."""
         self._stop.set()
-        if self._task is not None:
+        if self.supervisor.statuses():
             # serve_tls gives connections the graceful timeout, then TLS_CLOSE for their TLS
             # close; past that (it should not happen) they are cut off.
             # Connection tasks left behind end with the loop, each logging its CancelledError or
@@ -158,10 +161,7 @@ class OrchestratorNode:
             # and only those (in `streamgw up` the gateway shares this loop).
             loop = asyncio.get_running_loop()
             loop.set_exception_handler(QuietShutdown(self.port, loop.get_exception_handler()))
-            done, _ = await asyncio.wait({self._task}, timeout=self.GRACE + self.TLS_CLOSE)
-            if not done:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+            await self.supervisor.close(wait=("tls",), timeout=self.GRACE + self.TLS_CLOSE)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
