@@ -46,7 +46,7 @@ from tests.media import parse_playlist, seq_of
 
 LADDER = "P144p30fps16x9"
 PROFILES = (PRESETS[LADDER],)
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "livepeer" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "livepeer"  # a copy of ../shared/livepeer/vectors
 
 
 def _cut(flv: Path) -> list[Segment]:
