@@ -261,3 +261,62 @@ def test_long_keyframe_interval_is_reported(gateway_factory: Callable[..., Runni
 
     view = _published(gw, "shortgop", gop=15)
     assert view["keyframe_interval"] == 0.5 and view["warnings"] == []
+
+
+# ---- timestamps that go back: a publisher looping a file, an encoder restarting ----------------
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 1 s parts of a 320x180 stream whose audio (1.15 s) runs past its video (1 s): ``p0`` at
+    0 s and ``p1`` at 1 s, as MPEG-TS and FLV."""
+    d = tmp_path_factory.mktemp("looped")
+    quiet = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+    subprocess.run([*quiet, "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30", "-frames:v", "30",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", "-f", "mpegts",
+                    str(d / "v.ts")], check=True, timeout=60)
+    subprocess.run([*quiet, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "1.15",
+                    "-c:a", "aac", "-f", "mpegts", str(d / "a.ts")], check=True, timeout=60)
+    for i in (0, 1):
+        subprocess.run([*quiet, "-i", str(d / "v.ts"), "-i", str(d / "a.ts"), "-map", "0", "-map", "1", "-c", "copy",
+                        "-output_ts_offset", str(i), "-f", "mpegts", str(d / f"p{i}.ts")], check=True, timeout=60)
+        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(d / f"p{i}.ts"),
+                        "-c", "copy", "-copyts", "-f", "flv", str(d / f"p{i}.flv")], check=True, timeout=60)
+    return d
+
+
+def _joined(d: Path, parts: list[str], fmt: str) -> Path:
+    """The parts one after the other in one byte stream, as a publisher sends them (FLV: one header)."""
+    ext = "ts" if fmt == "mpegts" else "flv"
+    data = [(d / f"{p}.{ext}").read_bytes() for p in parts]
+    if fmt == "flv":
+        data = data[:1] + [b[13:] for b in data[1:]]  # 9-byte header + PreviousTagSize0
+    out = d / f"{'-'.join(parts)}.{ext}"
+    out.write_bytes(b"".join(data))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["mpegts", "flv"])
+@pytest.mark.parametrize("parts", [["p0", "p1"], ["p0", "p0"]], ids=["audio-overlaps", "file-looped"])
+def test_timestamps_going_back_do_not_end_the_stream(two_parts: Path, parts: list[str], fmt: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Audio that overlaps the next part (p0 then p1: audio goes back 0.15 s) and a file played again
+    from its start (p0 twice: everything goes back 1 s) used to end the stream (`segmenter failed:
+    Invalid argument`). Now every picture is kept: overlapping packets are dropped, and a keyframe
+    whose timestamp went back starts a new segment marked as a discontinuity. (The MPEG-TS overlap
+    case passed before too: it guards the packing noted below.)"""
+    with caplog.at_level(logging.WARNING, logger="streamgw.media.segmenter"):
+        # 2 s segments: the join lands inside a segment, where one muxer must take both parts.
+        segments, _ = cut(_joined(two_parts, parts, fmt), fmt, target=Fraction(2))
+    pictures = [demuxed(s.data)[0] for s in segments]
+    assert sum(len(p) for p in pictures) == 60, [len(p) for p in pictures]
+    assert all(demuxed(s.data)[1] for s in segments), "a segment lost all its audio"
+    looped = parts[0] == parts[1]
+    assert [s.discontinuity for s in segments].count(True) == (1 if looped else 0)
+    if looped:
+        k = next(i for i, s in enumerate(segments) if s.discontinuity)
+        assert segments[k].start_pts < segments[k - 1].start_pts + segments[k - 1].duration
+        assert any("timestamps went back" in r.getMessage() for r in caplog.records)
+    elif fmt == "flv":
+        # FLV carries one AAC frame per tag, so the overlap reaches the muxer (MPEG-TS packs the
+        # overlapping frames into one PES packet whose timestamp does not go back).
+        assert any("went back was dropped" in r.getMessage() for r in caplog.records)

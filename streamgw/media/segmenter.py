@@ -111,12 +111,25 @@ class _Cut:
         self.size = 0
         self.pictures = 0  # video packets (one picture each)
         self.discontinuity = discontinuity
+        self.last_dts: dict[int, int] = {}  # per input stream index, in its time base
 
-    def mux(self, packet: Any) -> None:
+    def mux(self, packet: Any) -> bool:
+        """Write ``packet``; False (not written) when its dts does not pass its stream's last one.
+
+        The muxer refuses a dts that goes back ("non monotonically increasing dts", EINVAL), and
+        that would end the stream: such a packet (a publisher whose audio overlaps after a loop or
+        an encoder restart) is dropped instead; the next segment's muxer starts afresh.
+        """
+        index = packet.stream.index
+        last = self.last_dts.get(index)
+        if last is not None and packet.dts <= last:
+            return False
+        self.last_dts[index] = packet.dts
         self.size += packet.size
         self.pictures += packet.stream.type == "video"
-        packet.stream = self.map[packet.stream.index]
+        packet.stream = self.map[index]
         self.container.mux(packet)
+        return True
 
     def finish(self) -> bytes:
         self.container.close()
@@ -150,6 +163,8 @@ class Segmenter:
         self._on_info = on_info
         self._on_segment = on_segment
         self._probed = 0.0
+        self.dropped_packets = 0  # packets whose dts went back within a segment (not muxable)
+        self.timestamp_resets = 0  # keyframes whose timestamp went back: new segment, discontinuity
 
     def run(self, source: ByteSource) -> None:
         """Segment everything ``source`` delivers. Raises :class:`MediaError` on bad media."""
@@ -201,6 +216,7 @@ class Segmenter:
         cut: _Cut | None = None
         first_seen: int | None = None
         last_end = 0
+        clock_last = 0  # the clock stream's latest timestamp in the current segment
         size = (info.width, info.height) if info.width and info.height else None
         fps_measured = False
         last_key: int | None = None
@@ -225,7 +241,19 @@ class Segmenter:
                         intervals.append(ts - last_key)
                         info = self._measure_keyframes(info, float(max(intervals) * tb))
                     last_key = ts
-                if cut is None:
+                went_back = cut is not None and ts < clock_last
+                if went_back and cut is not None:
+                    # The clock's timestamps restarted (a publisher looping a file, an encoder
+                    # reset): close the segment where it got to and start one marked as a
+                    # discontinuity (RFC 8216 6.2.1: timestamps are no longer continuous).
+                    if last_end > cut.start_pts:
+                        self._emit(cut, last_end - cut.start_pts, tb, source)
+                    self.timestamp_resets += 1
+                    log.warning("stream %s: timestamps went back %.3f s at a keyframe: new segment, "
+                                "marked as a discontinuity", self.stream_id, float((clock_last - ts) * tb))
+                    cut = _Cut(streams, ts, True, audio_format)
+                    last_end = clock_last = ts
+                elif cut is None:
                     cut = _Cut(streams, ts, self._discontinuity, audio_format)
                 elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
                     if not fps_measured and ts - cut.start_pts >= target and video is not None:
@@ -236,6 +264,7 @@ class Segmenter:
             if packet.stream is clock:
                 end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
                 last_end = max(last_end, end)
+                clock_last = max(clock_last, ts)
             if cut is None:
                 first_seen = ts if first_seen is None else first_seen
                 if ts - first_seen > timeout:
@@ -249,7 +278,11 @@ class Segmenter:
                 )
             if cut.size + packet.size > self.settings.max_segment_bytes:
                 raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
-            cut.mux(packet)
+            if not cut.mux(packet):
+                self.dropped_packets += 1
+                if self.dropped_packets == 1:
+                    log.warning("stream %s: a %s packet whose timestamp went back was dropped (counted in "
+                                "dropped_packets)", self.stream_id, packet.stream.type)
         if cut is not None and last_end > cut.start_pts:
             self._emit(cut, last_end - cut.start_pts, tb, source)
 
