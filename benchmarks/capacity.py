@@ -52,6 +52,7 @@ from benchmarks.common import (  # noqa: E402
     pct,
     print_table,
     proc_cpu_seconds,
+    slope,
     streamgw_revision,
 )
 
@@ -98,15 +99,6 @@ def poll(port: int, names: list[str], interval: float, stop: threading.Event, ou
                     out.first.setdefault((name, rendition, seq), now)
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
     conn.close()
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (nan for fewer than 2 points)."""
-    if len(xs) < 2:
-        return float("nan")
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
 def get_json(port: int, path: str) -> Any:

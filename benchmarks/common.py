@@ -132,6 +132,15 @@ def pct(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (nan for fewer than 2 points)."""
+    if len(xs) < 2:
+        return float("nan")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
+
+
 def summary_ms(values: list[float]) -> dict[str, float]:
     """p50/p95/max/mean of seconds, in milliseconds."""
     if not values:

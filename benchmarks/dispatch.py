@@ -64,7 +64,16 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import OUT_DIR, free_port, log, machine_info, pct, print_table, wait_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    OUT_DIR,
+    free_port,
+    log,
+    machine_info,
+    pct,
+    print_table,
+    slope,
+    wait_port,
+)
 from benchmarks.renditions_latency import (  # noqa: E402
     LADDER,
     Attempt,
@@ -174,14 +183,6 @@ def stream(orchs: list[Orch], seconds: float, seg: float, max_in_flight: int,
         return Run(gw, orchs, t0, gw.counters(), gw.orchestrators(), drained, events)
     finally:
         gw.stop()
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    if len(xs) < 2:
-        return float("nan")
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
 def round_trip(a: Attempt) -> float:

@@ -15,7 +15,7 @@ import uvicorn
 from streamgw.api.app import create_app
 from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
-from streamgw.errors import ConfigError, ProfileError
+from streamgw.errors import ConfigError, ProfileError, StreamgwError
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import Dispatcher, DispatchSettings
 from streamgw.gateway.hub import Hub
@@ -213,7 +213,7 @@ class GatewayNode:
         while not http.started:
             await asyncio.sleep(0.01)
             if sup.fatal.is_set():
-                raise RuntimeError(f"the gateway did not start: {sup.fatal_error}")
+                raise StreamgwError(f"the gateway did not start: {sup.fatal_error}")  # streamgw prints it, exits 1
         log.info("RTMP on rtmp://%s:%d/live/STREAM, HTTP on http://%s:%d/",
                  host if host else "0.0.0.0", self.rtmp.port, host, self.http_port)
 

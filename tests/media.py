@@ -1,4 +1,4 @@
-"""Inspecting HLS output with PyAV: what a player would decode."""
+"""Inspecting HLS output with PyAV (what a player would decode), and cutting test media as the gateway does."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ import re
 from dataclasses import dataclass
 
 import av
+
+from streamgw.media.bytequeue import ByteQueue
+from streamgw.media.segmenter import MediaInfo, Segmenter, SegmenterSettings
+from streamgw.segment import Segment
+
+
+def cut_bytes(data: bytes, settings: SegmenterSettings | None = None) -> tuple[list[Segment], list[MediaInfo]]:
+    """Segment a whole published byte stream with streamgw's segmenter: the segments and every info update."""
+    queue = ByteQueue()
+    queue.write(data)
+    queue.close()
+    segments: list[Segment] = []
+    infos: list[MediaInfo] = []
+    Segmenter("t", settings or SegmenterSettings(), first_seq=0, discontinuity=False, on_info=infos.append,
+              on_segment=lambda s, _latency: segments.append(s)).run(queue)
+    return segments, infos
 
 
 @dataclass

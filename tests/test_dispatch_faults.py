@@ -37,12 +37,10 @@ from streamgw.livepeer.profiles import PRESETS
 from streamgw.livepeer.segdata import transcode_result
 from streamgw.livepeer.signing import Signer
 from streamgw.livepeer.tls import CertificatePins
-from streamgw.media.bytequeue import ByteQueue
-from streamgw.media.segmenter import Segmenter, SegmenterSettings
 from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG, OrchestratorProcess, RunningGateway, start_publish
-from tests.media import parse_playlist, seq_of
+from tests.media import cut_bytes, parse_playlist, seq_of
 
 LADDER = "P144p30fps16x9"
 PROFILES = (PRESETS[LADDER],)
@@ -50,13 +48,7 @@ VECTORS = Path(__file__).resolve().parent / "vectors" / "livepeer"  # a copy of 
 
 
 def _cut(flv: Path) -> list[Segment]:
-    queue = ByteQueue()
-    queue.write(flv.read_bytes())
-    queue.close()
-    segments: list[Segment] = []
-    Segmenter("cam", SegmenterSettings(), first_seq=0, discontinuity=False, on_info=lambda _: None,
-              on_segment=lambda s, _: segments.append(s)).run(queue)
-    return segments
+    return cut_bytes(flv.read_bytes())[0]
 
 
 @pytest.fixture(scope="module")

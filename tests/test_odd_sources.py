@@ -20,13 +20,12 @@ import av
 import numpy as np
 import pytest
 
-from streamgw.media.bytequeue import ByteQueue
-from streamgw.media.segmenter import MediaInfo, Segmenter, SegmenterSettings
+from streamgw.media.segmenter import MediaInfo, SegmenterSettings
 from streamgw.media.transcoder import RenditionSpec, transcode
 from streamgw.output.hls import Variant, master_playlist
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG, OrchestratorProcess, RunningGateway, publish
-from tests.media import parse_playlist, probe_segment
+from tests.media import cut_bytes, parse_playlist, probe_segment
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,7 @@ def high_bitrate(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 def cut(path: Path, input_format: str, target: Fraction = TARGET) -> tuple[list[Segment], list[MediaInfo]]:
     """Segment a file with streamgw's segmenter as the gateway does; the segments and every info update."""
-    queue = ByteQueue()
-    queue.write(path.read_bytes())
-    queue.close()
-    segments: list[Segment] = []
-    infos: list[MediaInfo] = []
-    Segmenter("t", SegmenterSettings(target_duration=target, input_format=input_format), first_seq=0,
-              discontinuity=False, on_info=infos.append, on_segment=lambda s, _l: segments.append(s)).run(queue)
-    return segments, infos
+    return cut_bytes(path.read_bytes(), SegmenterSettings(target_duration=target, input_format=input_format))
 
 
 def demuxed(data: bytes) -> tuple[list[float], list[bytes]]:
@@ -159,15 +151,8 @@ def test_audio_stream_without_packets(caplog: pytest.LogCaptureFixture) -> None:
             frame.pts = i
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
-    queue = ByteQueue()
-    queue.write(buf.getvalue())
-    queue.close()
-    segments: list[Segment] = []
-    infos: list[MediaInfo] = []
     with caplog.at_level(logging.WARNING, logger="streamgw.media.segmenter"):
-        Segmenter("t", SegmenterSettings(target_duration=TARGET, input_format="mpegts"), first_seq=0,
-                  discontinuity=False, on_info=infos.append,
-                  on_segment=lambda seg, _l: segments.append(seg)).run(queue)
+        segments, infos = cut_bytes(buf.getvalue(), SegmenterSettings(target_duration=TARGET, input_format="mpegts"))
     assert [round(float(seg.duration * seg.time_base), 3) for seg in segments] == [0.5, 0.5, 0.5]
     assert infos[0].audio_codec is None and infos[0].codecs.startswith("avc1.")
     assert all(demuxed(seg.data)[0] and not demuxed(seg.data)[1] for seg in segments)

@@ -30,12 +30,10 @@ from streamgw.livepeer.segdata import (
 )
 from streamgw.livepeer.signing import Signer, keccak256
 from streamgw.livepeer.tls import CertificatePins
-from streamgw.media.bytequeue import ByteQueue
-from streamgw.media.segmenter import Segmenter, SegmenterSettings
 from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG
-from tests.media import probe_segment
+from tests.media import cut_bytes, probe_segment
 
 LADDER = tuple(PRESETS[n] for n in ("P144p30fps16x9", "P240p30fps16x9", "P360p30fps16x9"))
 GATEWAY_KEY = b"\x11" * 32
@@ -49,12 +47,7 @@ def source_segments(tmp_path_factory: pytest.TempPathFactory) -> list[Segment]:
                     "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
                     "-t", "6", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p",
                     "-c:a", "aac", "-f", "flv", str(flv)], check=True, timeout=60)
-    queue = ByteQueue()
-    queue.write(flv.read_bytes())
-    queue.close()
-    segments: list[Segment] = []
-    Segmenter("cam", SegmenterSettings(), first_seq=0, discontinuity=False, on_info=lambda _: None,
-              on_segment=lambda s, _: segments.append(s)).run(queue)
+    segments, _ = cut_bytes(flv.read_bytes())
     assert len(segments) == 3
     return segments
 

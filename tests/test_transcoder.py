@@ -13,12 +13,12 @@ import av
 import pytest
 
 from streamgw.errors import MediaError, TranscodeError
-from streamgw.media.bytequeue import ByteQueue
 from streamgw.media.mpegts import PAT_PID, first_pid
-from streamgw.media.segmenter import Segmenter, SegmenterSettings, avc_codec_string
+from streamgw.media.segmenter import avc_codec_string
 from streamgw.media.transcoder import RenditionSpec, TranscodeOptions, fit_size, transcode
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG
+from tests.media import cut_bytes
 
 SOURCE_FPS = 30
 TICKS = 90000  # MPEG-TS timestamps
@@ -97,13 +97,7 @@ def nal_types(annexb: bytes) -> list[int]:
 
 def cut(flv: Path) -> list[Segment]:
     """Cut an FLV into segments with streamgw's segmenter, as the gateway does."""
-    queue = ByteQueue()
-    queue.write(flv.read_bytes())
-    queue.close()
-    segments: list[Segment] = []
-    Segmenter("t", SegmenterSettings(), first_seq=0, discontinuity=False,
-              on_info=lambda _i: None, on_segment=lambda s, _l: segments.append(s)).run(queue)
-    return segments
+    return cut_bytes(flv.read_bytes())[0]
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,6 @@ class _StreamState:
     gap: bool = False
     ended: bool = False
     last_error: str | None = None
-    rejected: int = 0  # segments an orchestrator blamed on the segment
     skipped: int = 0  # segments not sent (no video)
 
 
@@ -119,7 +118,7 @@ class Dispatcher:
         self.late = 0
         self.given_up = 0
         self.rejected = 0  # segments orchestrators blamed on the segment itself
-        self.busy_refusals = 0
+        self.busy_refusals = 0  # attempts refused as busy, all orchestrators (each one's: its pool record)
         # Segments waiting for capacity, oldest first: each attempt that ends wakes one.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -204,7 +203,6 @@ class Dispatcher:
 
     def _segment_rejected(self, state: _StreamState, segment: Segment, error: str, cut_at: float) -> None:
         """The segment's own fault: counted against its stream, not the orchestrator."""
-        state.rejected += 1
         self.rejected += 1
         self._complete(state, segment, None, f"segment {segment.seq} cannot be transcoded: {error}", cut_at)
 
