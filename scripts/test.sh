@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: ffmpeg/ffprobe publish and inspect streams; Chromium and Firefox (driven over
+# System packages: ffmpeg/ffprobe publish and inspect streams; GStreamer publishes as a second,
+# independent RTMP client (rtmp2sink, and rtmpsink over librtmp); Chromium and Firefox (driven over
 # WebDriver BiDi, no geckodriver) run the web pages' tests.
 apt_pkgs=()
 command -v ffmpeg >/dev/null 2>&1 || apt_pkgs+=(ffmpeg)
+command -v gst-launch-1.0 >/dev/null 2>&1 || apt_pkgs+=(gstreamer1.0-tools)
+for p in gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav; do
+  dpkg -s "$p" >/dev/null 2>&1 || apt_pkgs+=("$p")
+done
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
 [ -x /usr/bin/firefox-esr ] || apt_pkgs+=(firefox-esr)

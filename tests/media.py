@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import av
@@ -64,6 +66,22 @@ def probe_segment(data: bytes) -> SegmentProbe:
     step = (vts[-1] - vts[0]) / max(1, len(vts) - 1)
     return SegmentProbe(pid, min(vts), max(vts) + step, min(ats) if ats else None, len(vts), len(ats),
                         bool(first_key), width, height)
+
+
+def decode_errors(data: bytes) -> str:
+    """What ffmpeg reports decoding a segment alone, every frame as it comes ('' when clean).
+
+    A segment that starts without its parameter sets or away from an IDR gives
+    ``non-existing PPS 0 referenced``; PyAV's decoder hides those and returns fewer frames.
+    """
+    # Decoded pictures are renumbered (setpts=N) before the null output, which would otherwise
+    # report the publisher's own timestamps (two a millisecond apart; B-frames stamped out of
+    # order by a late live source) as its errors: only decoding is checked here.
+    proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-hide_banner", "-v", "error", "-nostdin",
+                           "-i", "pipe:0", "-vf", "setpts=N", "-fps_mode", "passthrough", "-f", "null", "-"],
+                          input=data, capture_output=True, timeout=60)
+    errors = proc.stderr.decode(errors="replace").strip()
+    return errors or ("" if proc.returncode == 0 else f"ffmpeg exited {proc.returncode}")
 
 
 @dataclass

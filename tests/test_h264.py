@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamgw.errors import MediaError
-from streamgw.media.h264 import first_sps, is_idr, nal_types, nal_units, sps_resolution
+from streamgw.media.h264 import (
+    avcc_has_idr,
+    avcc_record,
+    first_sps,
+    is_idr,
+    nal_types,
+    nal_units,
+    sps_resolution,
+)
 
 
 def encode(width: int, height: int, profile: str, frames: int = 3, **extra: str) -> list[bytes]:
@@ -74,3 +82,36 @@ def test_any_sps_bytes_give_a_size_or_a_media_error(tail: bytes) -> None:
     except MediaError:
         return
     assert 0 < w <= 16384 and 0 < h <= 16384
+
+
+def _avcc(units: list[bytes], length_size: int = 4) -> bytes:
+    return b"".join(len(u).to_bytes(length_size, "big") + u for u in units)
+
+
+@pytest.mark.parametrize("length_size", [2, 4])
+def test_avcc_idr_is_found_behind_aud_sps_pps_and_sei(length_size: int) -> None:
+    """AVCC access units (FLV, MP4): NAL units behind 1-, 2- and 4-byte lengths."""
+    au = encode(320, 240, "high")[0]
+    units = list(nal_units(au))
+    assert avcc_has_idr(memoryview(_avcc([b"\x09\xf0", *units], length_size)), length_size)
+    p_slice = b"\x41\x9a" + bytes(300 if length_size > 1 else 100)
+    assert not avcc_has_idr(memoryview(_avcc([b"\x09\xf0", b"\x06\x05\x01\x80", p_slice], length_size)),
+                            length_size)
+    assert avcc_has_idr(memoryview(_avcc([b"\x09\xf0", b"\x65\x88"], 1)), 1)
+    # A length past the end stops the walk (bytes after it are not read as units); an empty unit
+    # is stepped over.
+    assert not avcc_has_idr(memoryview(b"\x00\x00\xff\xff\x41\x9a" + _avcc([b"\x65\x88"])), 4)
+    assert avcc_has_idr(memoryview(b"\x00\x00\x00\x00" + _avcc([b"\x65\x88"])), 4)
+
+
+def test_avcc_record_gives_length_size_and_parameter_sets() -> None:
+    au = encode(640, 360, "main")[0]
+    sps = next(u for u in nal_units(au) if u[0] & 0x1F == 7)
+    pps = next(u for u in nal_units(au) if u[0] & 0x1F == 8)
+    record = (bytes([1, sps[1], sps[2], sps[3], 0xFC | 3, 0xE0 | 1]) + len(sps).to_bytes(2, "big") + sps
+              + b"\x01" + len(pps).to_bytes(2, "big") + pps)
+    assert avcc_record(record) == (4, [sps], [pps])
+    assert sps_resolution(avcc_record(record)[1][0]) == (640, 360)
+    for bad in (b"", record[:6], b"\x02" + record[1:], record[:-2]):
+        with pytest.raises(MediaError):
+            avcc_record(bad)

@@ -286,9 +286,10 @@ def test_timestamps_going_back_do_not_end_the_stream(two_parts: Path, parts: lis
                                                      caplog: pytest.LogCaptureFixture) -> None:
     """Audio that overlaps the next part (p0 then p1: audio goes back 0.15 s) and a file played again
     from its start (p0 twice: everything goes back 1 s) used to end the stream (`segmenter failed:
-    Invalid argument`). Now every picture is kept: overlapping packets are dropped, and a keyframe
-    whose timestamp went back starts a new segment marked as a discontinuity. (The MPEG-TS overlap
-    case passed before too: it guards the packing noted below.)"""
+    Invalid argument`). Now every picture is kept: packets that go back past the one before are
+    dropped (they repeat media), and a keyframe whose timestamp went back starts a new segment
+    marked as a discontinuity. (The MPEG-TS overlap case passed before too: it guards the packing
+    noted below.)"""
     with caplog.at_level(logging.WARNING, logger="streamgw.media.segmenter"):
         # 2 s segments: the join lands inside a segment, where one muxer must take both parts.
         segments, _ = cut(_joined(two_parts, parts, fmt), fmt, target=Fraction(2))
@@ -304,4 +305,4 @@ def test_timestamps_going_back_do_not_end_the_stream(two_parts: Path, parts: lis
     elif fmt == "flv":
         # FLV carries one AAC frame per tag, so the overlap reaches the muxer (MPEG-TS packs the
         # overlapping frames into one PES packet whose timestamp does not go back).
-        assert any("went back was dropped" in r.getMessage() for r in caplog.records)
+        assert any("went back past the one before was dropped" in r.getMessage() for r in caplog.records)

@@ -46,6 +46,43 @@ def is_idr(data: bytes) -> bool:
     return NAL_IDR in nal_types(data)
 
 
+def avcc_has_idr(data: memoryview, length_size: int = 4) -> bool:
+    """Whether an access unit in AVCC framing (ISO/IEC 14496-15: length-prefixed NAL units, as FLV
+    and MP4 carry them) holds an IDR slice. Reads only the NAL headers; stops at a bad length."""
+    pos = 0
+    end = len(data)
+    while pos + length_size < end:
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        if size and data[pos + length_size] & 0x1F == NAL_IDR:
+            return True
+        pos += length_size + size
+    return False
+
+
+def avcc_record(data: bytes) -> tuple[int, list[bytes], list[bytes]]:
+    """(NAL length size, SPS NAL units, PPS NAL units) of an AVCDecoderConfigurationRecord
+    (ISO/IEC 14496-15 5.3.3.1: FLV's AVC sequence header). Raises MediaError when malformed."""
+    if len(data) < 7 or data[0] != 1:
+        raise MediaError("not an AVC decoder configuration record")
+    length_size = (data[4] & 0x03) + 1
+    pos = 5
+    sets: list[list[bytes]] = []
+    for _ in range(2):
+        if pos >= len(data):
+            raise MediaError("truncated AVC decoder configuration record")
+        count = data[pos] & (0x1F if not sets else 0xFF)
+        pos += 1
+        units: list[bytes] = []
+        for _ in range(count):
+            size = int.from_bytes(data[pos:pos + 2], "big")
+            if pos + 2 + size > len(data):
+                raise MediaError("truncated AVC decoder configuration record")
+            units.append(data[pos + 2:pos + 2 + size])
+            pos += 2 + size
+        sets.append(units)
+    return length_size, sets[0], sets[1]
+
+
 def first_sps(data: bytes) -> bytes | None:
     """The first sequence parameter set NAL unit (header byte included) in Annex B ``data``."""
     for nal in nal_units(data):

@@ -27,7 +27,7 @@ import av
 import av.error
 
 from streamgw.errors import KeyframeTimeout, MediaError, SegmentTooLarge
-from streamgw.media.h264 import first_sps, sps_resolution
+from streamgw.media.h264 import avcc_has_idr, avcc_record, first_sps, is_idr, sps_resolution
 from streamgw.media.mpegts import muxer_options, strip_leading_sdt
 from streamgw.segment import Segment
 
@@ -96,34 +96,48 @@ class _Cut:
     """The segment being written: one mpegts muxer into memory."""
 
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool,
-                 audio_format: AudioFormat | None = None) -> None:
+                 audio_format: AudioFormat | None = None, video_config: bytes | None = None) -> None:
         self.buf = io.BytesIO()
         # One SDT at most (it is written once at the start), which finish() removes.
         self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         for s in streams:
+            # Copied into the stream's parameters when the header is written (first mux).
+            out = self.map[s.index].codec_context
             if s.type == "audio" and audio_format is not None:
-                # Copied into the stream's parameters when the header is written (first mux).
-                out = self.map[s.index].codec_context
                 out.sample_rate = audio_format.sample_rate
                 out.layout = audio_format.layout
+            elif s.type == "video" and video_config is not None:
+                # The latest sequence header: the parameter sets the muxer puts in front of the
+                # segment's first IDR when the publisher does not repeat them in-band.
+                out.extradata = video_config
         self.start_pts = start_pts
         self.size = 0
         self.pictures = 0  # video packets (one picture each)
         self.discontinuity = discontinuity
         self.last_dts: dict[int, int] = {}  # per input stream index, in its time base
+        self.retimed = 0
 
     def mux(self, packet: Any) -> bool:
-        """Write ``packet``; False (not written) when its dts does not pass its stream's last one.
+        """Write ``packet``; False (not written) when its dts goes back past its stream's last one.
 
-        The muxer refuses a dts that goes back ("non monotonically increasing dts", EINVAL), and
-        that would end the stream: such a packet (a publisher whose audio overlaps after a loop or
-        an encoder restart) is dropped instead; the next segment's muxer starts afresh.
+        The muxer refuses a dts that does not pass the last ("non monotonically increasing dts",
+        EINVAL), and that would end the stream. A packet that only collides with the one before
+        (two pictures stamped in the same millisecond: GStreamer's live sources on a loaded
+        machine) is kept one tick later, as ffmpeg's own muxing does. One that goes back further
+        than its own duration repeats media already written (audio that overlaps after a loop or
+        an encoder restart) and is dropped; the next segment's muxer starts afresh.
         """
         index = packet.stream.index
         last = self.last_dts.get(index)
         if last is not None and packet.dts <= last:
-            return False
+            if last - packet.dts > (packet.duration or 0):
+                return False
+            self.retimed += 1
+            pts = packet.pts
+            packet.dts = last + 1
+            if pts is not None and pts < packet.dts:
+                packet.pts = packet.dts
         self.last_dts[index] = packet.dts
         self.size += packet.size
         self.pictures += packet.stream.type == "video"
@@ -135,6 +149,62 @@ class _Cut:
         self.container.close()
         # A segment that starts with PAT/PMT is self-describing from its first packet.
         return strip_leading_sdt(self.buf.getvalue())
+
+
+class _VideoConfig:
+    """The video stream's latest sequence header (an AVC decoder configuration record, from FLV)
+    and what it gives: the NAL length size to find IDRs with, and the picture size.
+
+    A publisher may send a new sequence header mid-stream (a new size, new parameter sets); the
+    demuxer hands it over as side data of the next packet. Annex B input (MPEG-TS) carries its
+    parameter sets in-band and has no record.
+    """
+
+    def __init__(self, extradata: bytes | None) -> None:
+        self.record: bytes | None = None
+        self.length_size: int | None = None
+        self.size: tuple[int, int] | None = None
+        self._parameter_sets = b""  # SPS and PPS NAL units in the stream's AVCC framing
+        self._take(extradata)
+
+    def _take(self, data: bytes | None) -> None:
+        if not data or data[0] != 1:
+            return
+        try:
+            length_size, sps, pps = avcc_record(data)
+            size = sps_resolution(sps[0]) if sps else None
+        except MediaError as exc:
+            log.debug("ignoring a bad AVC sequence header: %s", exc)
+            return
+        self.record, self.length_size, self.size = data, length_size, size
+        self._parameter_sets = b"".join(len(u).to_bytes(length_size, "big") + u for u in (*sps, *pps))
+
+    def update(self, packet: Any) -> None:
+        """Take the new sequence header a video packet carries, if it carries one."""
+        if packet.has_sidedata("new_extradata"):
+            self._take(bytes(packet.get_sidedata("new_extradata")))
+
+    def starts_idr(self, packet: Any) -> bool:
+        """Whether a video packet holds an IDR picture (where a self-contained segment can start)."""
+        if self.length_size is not None:
+            return avcc_has_idr(memoryview(packet), self.length_size)
+        # Annex B: the demuxer's parser flags IDRs and recovery points; only an IDR will do.
+        return bool(packet.is_keyframe) and is_idr(bytes(packet))
+
+    def with_parameter_sets(self, packet: Any) -> Any:
+        """A non-IDR keyframe (an I picture) with the SPS and PPS in front, as a new packet.
+
+        The muxer puts the parameter sets in front of IDRs only; a segment that has to start at
+        another keyframe gets them this way. Annex B input carries its own in-band.
+        """
+        if not self._parameter_sets:
+            return packet
+        out = av.Packet(self._parameter_sets + bytes(packet))
+        out.stream = packet.stream
+        out.time_base = packet.time_base
+        out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
+        out.is_keyframe = True
+        return out
 
 
 class Segmenter:
@@ -163,7 +233,9 @@ class Segmenter:
         self._on_info = on_info
         self._on_segment = on_segment
         self._probed = 0.0
-        self.dropped_packets = 0  # packets whose dts went back within a segment (not muxable)
+        self.dropped_packets = 0  # packets whose dts went back past the one before within a segment
+        self.retimed_packets = 0  # packets whose dts only collided with the one before: kept one tick on
+        self.recovery_cuts = 0  # segments started at a keyframe that is not an IDR (no IDR came)
         self.timestamp_resets = 0  # keyframes whose timestamp went back: new segment, discontinuity
 
     def run(self, source: ByteSource) -> None:
@@ -195,7 +267,7 @@ class Segmenter:
         audio = audios[0] if audios else None
         clock = video if video is not None else audios[0]
         tb = Fraction(clock.time_base)
-        packets: Iterator[Any] = container.demux([s for s in (video, audio) if s is not None])
+        packets: Iterator[Any] = _demux(container, [s for s in (video, audio) if s is not None], self.stream_id)
         audio_format: AudioFormat | None = None
         if audio is not None and not (audio.codec_context.sample_rate > 0 and audio.codec_context.channels > 0):
             held, audio_format = self._learn_audio(packets, audio, clock, tb)
@@ -213,24 +285,40 @@ class Segmenter:
         self._on_info(info)
         target = int(self.settings.target_duration * Fraction(0.95) / tb)
         timeout = int(self.settings.keyframe_timeout / tb)
+        config = _VideoConfig(video.codec_context.extradata if video is not None else None)
         cut: _Cut | None = None
         first_seen: int | None = None
         last_end = 0
+        media_end = 0  # where the latest packet of any stream ends, in the clock's time base
         clock_last = 0  # the clock stream's latest timestamp in the current segment
         size = (info.width, info.height) if info.width and info.height else None
         fps_measured = False
         last_key: int | None = None
         intervals: collections.deque[int] = collections.deque(maxlen=_KEYFRAME_INTERVALS)
+
+        def new_cut(start: int, discontinuity: bool) -> _Cut:
+            return _Cut(streams, start, discontinuity, audio_format, config.record)
+
         for packet in packets:
             if packet.dts is None or packet.size == 0 or packet.stream.index not in wanted:
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
             ts = int(Fraction(pts) * Fraction(packet.time_base) / tb)
-            is_cut_point = packet.is_keyframe if video is not None else True
+            idr = False
+            if packet.stream is video:
+                config.update(packet)
+                # An IDR starts a segment that decodes on its own; the demuxer also flags other I
+                # pictures (GStreamer's x264enc sends one in front of each IDR). A stream without
+                # IDRs at the target (x264's open GOP) is cut at those after twice the target.
+                idr = config.starts_idr(packet)
+                is_cut_point = idr or (bool(packet.is_keyframe) and cut is not None
+                                       and ts - cut.start_pts >= 2 * target)
+            else:
+                is_cut_point = video is None
             if packet.stream is clock and is_cut_point:
                 # A new picture size starts a new segment at once, marked as a discontinuity
                 # (RFC 8216 6.2.1: encoding parameters changed): one size per segment.
-                new_size = picture_size(packet) if video is not None else None
+                new_size = (picture_size(packet) or config.size) if video is not None else None
                 resized = new_size is not None and new_size != size
                 if new_size is not None and resized:
                     size = new_size
@@ -251,18 +339,18 @@ class Segmenter:
                     self.timestamp_resets += 1
                     log.warning("stream %s: timestamps went back %.3f s at a keyframe: new segment, "
                                 "marked as a discontinuity", self.stream_id, float((clock_last - ts) * tb))
-                    cut = _Cut(streams, ts, True, audio_format)
-                    last_end = clock_last = ts
+                    cut = new_cut(ts, True)
+                    last_end = clock_last = media_end = ts
                 elif cut is None:
-                    cut = _Cut(streams, ts, self._discontinuity, audio_format)
+                    cut = new_cut(ts, self._discontinuity)
                 elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
                     if not fps_measured and ts - cut.start_pts >= target and video is not None:
                         fps_measured = True
                         info = self._measure_fps(info, cut.pictures / float((ts - cut.start_pts) * tb))
                     self._emit(cut, ts - cut.start_pts, tb, source)
-                    cut = _Cut(streams, ts, resized, audio_format)
+                    cut = new_cut(ts, resized)
+            end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
             if packet.stream is clock:
-                end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
                 last_end = max(last_end, end)
                 clock_last = max(clock_last, ts)
             if cut is None:
@@ -272,19 +360,47 @@ class Segmenter:
                         f"no keyframe in the first {float(self.settings.keyframe_timeout):.1f} s"
                     )
                 continue
+            if cut.size + packet.size > self.settings.max_segment_bytes:
+                self._emit_tail(cut, max(last_end, media_end), tb, source)
+                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
+            if packet.stream is video and not idr and cut.size == 0:
+                if self.recovery_cuts == 0:
+                    log.warning("stream %s: no IDR picture for %.1f s: segments start at other keyframes, "
+                                "with the parameter sets in front", self.stream_id, float(2 * target * tb))
+                self.recovery_cuts += 1
+                packet = config.with_parameter_sets(packet)
+            self._mux(cut, packet)
+            media_end = max(media_end, end)
             if ts - cut.start_pts > timeout:
+                # Video stopped and audio goes on (a camera unplugged, the microphone live): what
+                # came since the last cut is the stream's last segment, then the stream ends.
+                self._emit_tail(cut, max(last_end, media_end), tb, source)
                 raise KeyframeTimeout(
                     f"no keyframe for {float(self.settings.keyframe_timeout):.1f} s"
                 )
-            if cut.size + packet.size > self.settings.max_segment_bytes:
-                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
-            if not cut.mux(packet):
-                self.dropped_packets += 1
-                if self.dropped_packets == 1:
-                    log.warning("stream %s: a %s packet whose timestamp went back was dropped (counted in "
-                                "dropped_packets)", self.stream_id, packet.stream.type)
         if cut is not None and last_end > cut.start_pts:
             self._emit(cut, last_end - cut.start_pts, tb, source)
+        elif cut is not None:
+            self._emit_tail(cut, media_end, tb, source)
+
+    def _mux(self, cut: _Cut, packet: Any) -> None:
+        retimed = cut.retimed
+        if not cut.mux(packet):
+            self.dropped_packets += 1
+            if self.dropped_packets == 1:
+                log.warning("stream %s: %s packet whose timestamp went back past the one before was dropped "
+                            "(it repeats media already written; counted in dropped_packets)",
+                            self.stream_id, _a(packet.stream.type))
+        elif cut.retimed > retimed:
+            self.retimed_packets += 1
+            if self.retimed_packets == 1:
+                log.warning("stream %s: %s packet stamped no later than the one before was kept one tick "
+                            "later (counted in retimed_packets)", self.stream_id, _a(packet.stream.type))
+
+    def _emit_tail(self, cut: _Cut, end: int, tb: Fraction, source: ByteSource) -> None:
+        """Emit what a segment holds when the stream ends before its next cut (nothing is lost)."""
+        if cut.size and end > cut.start_pts:
+            self._emit(cut, end - cut.start_pts, tb, source)
 
     def _learn_audio(self, packets: Iterator[Any], audio: Any, clock: Any,
                      tb: Fraction) -> tuple[list[Any], AudioFormat | None]:
@@ -348,6 +464,30 @@ class Segmenter:
         self.next_seq += 1
         latency = max(0.0, time.monotonic() - source.last_arrival)
         self._on_segment(segment, latency)
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
+def _demux(container: Any, streams: list[Any], stream_id: str) -> Iterator[Any]:
+    """``container.demux(streams)``, ended quietly where PyAV's end-of-input flush fails.
+
+    A stream the demuxer adds after probing (FLV creates one per tag type as it first appears;
+    the RTMP ingest holds the start so that none does) is missing from PyAV's stream list, which
+    is fixed when the input is opened: its packets are never delivered, and the flush PyAV runs at
+    the end of input indexes that list and raises IndexError after every real packet is out.
+    """
+    packets = container.demux(streams)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except IndexError:
+            log.warning("stream %s: a stream that started after probing was ignored", stream_id)
+            return
+        yield packet
 
 
 def decoded_audio_format(packet: Any) -> AudioFormat | None:

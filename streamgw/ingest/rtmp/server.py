@@ -131,7 +131,7 @@ class _Session(asyncio.Protocol):
         self.app: str | None = None
         self.sink: PublishSink | None = None
         self.stream_name: str | None = None
-        self.header_sent = False
+        self.flv = flv.FlvWriter()
         self.unpublished = False
         self.closing = False
         self.pending_publish: str | None = None
@@ -308,11 +308,13 @@ class _Session(asyncio.Protocol):
         """End publishing: hand over the media already read, then close the sink."""
         if self.sink is not None:
             try:
+                self._out += self.flv.flush()  # a start still held: all there is
                 self._flush_media()
             except StreamgwError:
                 pass  # the stream already failed; closing is all that is left
             self.sink.close(clean=self.unpublished)
             self.sink = None
+            self.flv = flv.FlvWriter()  # a new publish on this connection starts a new FLV stream
 
     # --- outgoing ---
 
@@ -356,12 +358,16 @@ class _Session(asyncio.Protocol):
         # Acknowledgement, user control and peer bandwidth from a publisher need no answer.
 
     def _media(self, tag_type: int, timestamp: int, payload: bytes) -> None:
-        if not self.header_sent:
-            self._out += flv.header(audio=True, video=True)
-            self.header_sent = True
+        late = self.flv.late_tags
+        data = self.flv.media(tag_type, timestamp, payload)
+        if self.flv.late_tags > late and late == 0:
+            kind = "video" if tag_type == flv.TAG_VIDEO else "audio"
+            log.warning("RTMP %s: %s started after the stream's start (%d ms held): its tags are dropped; "
+                        "the publisher should send every stream's first tag at once", self.remote, kind,
+                        self.flv.hold_ms)
         if tag_type == flv.TAG_VIDEO and flv.is_video_keyframe(payload):
             self._urgent = True  # it may close a segment: the segmenter should see it now
-        self._out += flv.tag(tag_type, timestamp, payload)
+        self._out += data
 
     def _flush_media(self) -> None:
         """Hand the FLV bytes of one read to the sink at once (one wake-up of its thread)."""
@@ -394,15 +400,12 @@ class _Session(asyncio.Protocol):
             return
         if values[0] == "@setDataFrame":
             values = values[1:]
-        if len(values) >= 2 and values[0] == "onMetaData" and not self.header_sent:
+        if len(values) >= 2 and values[0] == "onMetaData" and not self.flv.started:
             meta = values[1]
             items = meta.items if isinstance(meta, amf0.EcmaArray) else meta
             keys = items if isinstance(items, dict) else {}
-            has_video = "videocodecid" in keys or not keys
-            has_audio = "audiocodecid" in keys or not keys
-            self._out += flv.header(audio=has_audio, video=has_video)
-            self.header_sent = True
-            self._out += flv.tag(flv.TAG_SCRIPT, 0, amf0.encode("onMetaData", meta))
+            self.flv.metadata(amf0.encode("onMetaData", meta), audio="audiocodecid" in keys or not keys,
+                              video="videocodecid" in keys or not keys)
 
     def _on_command(self, values: list[amf0.Value]) -> None:
         if len(values) < 2 or not isinstance(values[0], str):
