@@ -20,8 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,17 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+# The harness the tests use (tests/harness.py); ``X as X``: re-exported for the other benchmarks.
+from tests.harness import FFMPEG as FFMPEG
+from tests.harness import free_port as free_port
+from tests.harness import percentile, streamgw_command, testsrc, tone
+from tests.harness import proc_cpu_seconds as proc_cpu_seconds
+from tests.harness import summary as summary
+from tests.harness import wait_port as wait_port
+
+pct = percentile  # the name the benchmarks use
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"  # git-ignored
 MEDIA_DIR = OUT_DIR / "media"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 RTMP_MODULE_CANDIDATES = (
     "/usr/lib/nginx/modules/ngx_rtmp_module.so",
     "/usr/lib64/nginx/modules/ngx_rtmp_module.so",
     "/usr/share/nginx/modules/ngx_rtmp_module.so",
 )
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # /proc/stat counts in these
 
 # ---------------------------------------------------------------------------------------------
 # Test media
@@ -67,8 +73,7 @@ class MediaSpec:
     def ffmpeg_args(self, out: Path) -> list[str]:
         return [
             FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size={self.width}x{self.height}:rate={self.fps}",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+            *testsrc(f"{self.width}x{self.height}", self.fps), *tone(44100),
             "-t", str(self.seconds),
             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
             "-g", str(self.gop), "-keyint_min", str(self.gop), "-sc_threshold", "0", "-pix_fmt", "yuv420p",
@@ -102,36 +107,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of ys over xs (nan for fewer than 2 points)."""
     if len(xs) < 2:
@@ -143,23 +118,7 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 def summary_ms(values: list[float]) -> dict[str, float]:
     """p50/p95/max/mean of seconds, in milliseconds."""
-    if not values:
-        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan"), "mean": float("nan")}
-    return {
-        "n": len(values),
-        "p50": pct(values, 50) * 1000,
-        "p95": pct(values, 95) * 1000,
-        "max": max(values) * 1000,
-        "mean": statistics.fmean(values) * 1000,
-    }
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime+stime of a process (all its threads), seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        data = f.read()
-    fields = data[data.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+    return summary(values, scale=1000)
 
 
 def machine_cpu_seconds() -> float:
@@ -302,8 +261,7 @@ class StreamgwServer(Server):
             env["PYTHONPATH"] = str(_STREAMGW_SRC) + os.pathsep + env.get("PYTHONPATH", "")
             cmd = [sys.executable, "-m", "streamgw"]
         else:
-            exe = shutil.which("streamgw")
-            cmd = [exe] if exe else [sys.executable, "-m", "streamgw"]
+            cmd = streamgw_command()
         cmd += [
             self.mode, "--rtmp-addr", f"127.0.0.1:{self.rtmp_port}", "--http-addr", f"127.0.0.1:{self.http_port}",
             "--segment-duration", "2", *self.extra_args,

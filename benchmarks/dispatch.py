@@ -5,13 +5,14 @@ Everything runs on 127.0.0.1 and is started by this script (one command, ~4-5 mi
 * the gateway: an unmodified :class:`~streamgw.node.GatewayNode` on its own event loop in a thread
   of this process (:class:`benchmarks.renditions_latency.InProcessGateway`), observed from the
   inside: a hub subscription records when each source segment is published (the cut) and each
-  rendition is published (= listed in its playlist); wrappers on each orchestrator client's
-  ``submit``/``download`` record every attempt (orchestrator, start, end, error);
+  rendition is published (= listed in its playlist); its orchestrator clients
+  (:class:`benchmarks.renditions_latency.TimedClient`, given to the node's constructor) record
+  every attempt (orchestrator, start, end, error);
   ``Dispatcher.lost/late/given_up`` are read at the end;
 * orchestrators, each its own process: ``streamgw orchestrator --serve-addr 127.0.0.1:PORT
   --orch-data-dir DIR [--orch-delay S] [--transcode-workers N]``, or, where an orchestrator must
   take one segment at a time (part a), ``benchmarks/renditions_latency.py --orchestrator-child
-  --capacity 1``: the same OrchestratorNode with ``OrchestratorSettings.max_concurrent`` = 1 (the
+  --capacity 1``: the same OrchestratorNode with ``OrchestratorNodeSettings.max_concurrent`` = 1 (the
   CLI always sets 2 x transcode workers, so at least 2) - a second segment sent while one is in
   progress is answered ``OrchestratorBusy``;
 * ``ffmpeg -re``: testsrc2 640x360p30 + sine, x264 ultrafast zerolatency, GOP = one segment.
@@ -64,24 +65,10 @@ from typing import Any, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
-    OUT_DIR,
-    free_port,
-    log,
-    machine_info,
-    pct,
-    print_table,
-    slope,
-    wait_port,
-)
-from benchmarks.renditions_latency import (  # noqa: E402
-    LADDER,
-    Attempt,
-    InProcessGateway,
-    OrchestratorChild,
-    ffmpeg_args,
-)
+from benchmarks.common import OUT_DIR, log, machine_info, pct, print_table, slope  # noqa: E402
+from benchmarks.renditions_latency import LADDER, Attempt, InProcessGateway, OrchestratorChild  # noqa: E402
 from streamgw.gateway.selection import select  # noqa: E402
+from tests.harness import OrchestratorProcess, ffmpeg_publish_args, free_port, start_orchestrator  # noqa: E402
 
 SIZE = "640x360"
 FPS = 30
@@ -91,39 +78,15 @@ FPS = 30
 # Orchestrator processes
 
 
-class CliOrchestrator:
-    """``streamgw orchestrator`` as its own process."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        exe = shutil.which("streamgw")
-        cmd = [exe] if exe else [sys.executable, "-m", "streamgw"]
-        cmd += ["orchestrator", "--serve-addr", f"127.0.0.1:{self.port}", "--orch-data-dir",
-                str(workdir / f"orch-{self.port}"), "--log-level", "warning", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(self) -> CliOrchestrator:
-        wait_port(self.port, 30, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-Orch = CliOrchestrator | OrchestratorChild
+Orch = OrchestratorProcess | OrchestratorChild
 
 
 def cli_orchestrators(workdir: Path, n: int, *extra: str) -> list[Orch]:
-    orchs = [CliOrchestrator(workdir, *extra) for _ in range(n)]  # start in parallel
-    return [o.wait() for o in orchs]
+    """``n`` x ``streamgw orchestrator EXTRA...``, started in parallel."""
+    ports = [free_port() for _ in range(n)]
+    orchs = [start_orchestrator(workdir / f"orch-{port}", port, *extra, wait=False, stderr=subprocess.DEVNULL)
+             for port in ports]
+    return [o.wait_ready() for o in orchs]
 
 
 def capacity_one_orchestrators(workdir: Path, n: int, delay: float) -> list[Orch]:
@@ -167,7 +130,8 @@ def stream(orchs: list[Orch], seconds: float, seg: float, max_in_flight: int,
     try:
         gw.wait_ready()
         t0 = time.monotonic()
-        pub = subprocess.Popen(ffmpeg_args(gw.rtmp_url("d"), seconds, size=SIZE, fps=FPS, gop=int(FPS * seg)),
+        pub = subprocess.Popen(ffmpeg_publish_args(gw.rtmp_url("d"), seconds=seconds, size=SIZE, fps=FPS,
+                                                   gop=int(FPS * seg)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             if action is not None:

@@ -61,9 +61,9 @@ from benchmarks.common import (  # noqa: E402
     machine_cpu_seconds,
     machine_info,
     new_workdir,
-    pct,
     print_table,
     proc_cpu_seconds,
+    summary,
     use_streamgw_rev,
     wait_port,
 )
@@ -483,11 +483,9 @@ def measure(label: str, port: int, server_pid: int, streams: list[str], args: ar
     e1 = sum(proc_cpu_seconds(p) for p in extra_pids)
     stats = clients.join()
     wall = w1 - w0
-    ms = 1000.0
 
-    def summary(values: list[float]) -> dict[str, float]:
-        return {"n": len(values), "p50": pct(values, 50) * ms, "p95": pct(values, 95) * ms,
-                "p99": pct(values, 99) * ms, "max": max(values, default=float("nan")) * ms}
+    def summary_ms(values: list[float]) -> dict[str, float]:
+        return summary(values, scale=1000, quantiles=(50, 95, 99))
 
     return {
         "server": label,
@@ -496,9 +494,9 @@ def measure(label: str, port: int, server_pid: int, streams: list[str], args: ar
         "errors": sum(stats.errors.values()),
         "errors_by_kind": stats.errors,
         "error_examples": stats.examples,
-        "playlist_ms": summary(stats.playlist_s),
-        "segment_ms": summary(stats.segment_s),
-        "api_ms": summary(stats.api_s),
+        "playlist_ms": summary_ms(stats.playlist_s),
+        "segment_ms": summary_ms(stats.segment_s),
+        "api_ms": summary_ms(stats.api_s),
         "segments": stats.segments,
         "segment_mbit_s": stats.segment_bytes * 8 / wall / 1e6,
         "server_cpu_pct": (c1 - c0) / wall * 100,

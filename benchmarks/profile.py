@@ -8,11 +8,12 @@
 2. ``--py-spy``: ``py-spy record --gil`` (only samples holding the GIL, i.e. running Python) for the
    window; prints the main thread's top self-time lines and writes the collapsed stacks to
    benchmarks/out/.
-3. ``--breakdown``: the same publishers against streamgw's ``RtmpServer`` alone (monkeypatched in
-   a harness process, streamgw unchanged) with (a) a sink that drops the FLV bytes, (b) the same
-   with ``asyncio.wait_for`` around each read replaced by a plain await, (c) a sink that writes to
-   a ``ByteQueue`` drained by one thread per stream (the segmenter's hand-off, without PyAV);
-   and the segmenter alone on the whole test file read at once (no per-tag hand-off).
+3. ``--breakdown``: the same publishers against streamgw's ``RtmpServer`` alone (in a harness
+   process, given a stand-in publisher sink, streamgw unchanged) with (a) a sink that drops the FLV
+   bytes, (b) a sink that writes to a ``ByteQueue`` drained by one thread per stream (the
+   segmenter's hand-off, without PyAV); and the segmenter alone on the whole test file read at once
+   (no per-tag hand-off). (The variant that replaced ``asyncio.wait_for`` in the server's module is
+   gone: the server no longer calls it.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +160,8 @@ def _harness(sink: str, port: int) -> None:
     import streamgw.ingest.rtmp.server as srv
     from streamgw.media.bytequeue import ByteQueue
 
-    if sink == "drop-no-wait-for":
-        shim = types.ModuleType("asyncio_no_wait_for")
-        shim.__dict__.update(asyncio.__dict__)
-
-        async def wait_for(aw: Any, timeout: float | None) -> Any:
-            return await aw
-
-        shim.wait_for = wait_for  # type: ignore[attr-defined]
-        srv.asyncio = shim  # type: ignore[attr-defined]
-
     class Drop:
-        def write(self, data: bytes) -> None:
+        def write(self, data: bytes, *, urgent: bool = True) -> None:
             pass
 
         def close(self, *, clean: bool) -> None:
@@ -186,8 +176,8 @@ def _harness(sink: str, port: int) -> None:
             while self.q.read(65536):
                 pass
 
-        def write(self, data: bytes) -> None:
-            self.q.write(data)
+        def write(self, data: bytes, *, urgent: bool = True) -> None:
+            self.q.write(data, urgent=urgent)
 
         def close(self, *, clean: bool) -> None:
             self.q.close()
@@ -214,7 +204,6 @@ def breakdown(n: int, window: float) -> None:
         env["STREAMGW_BENCH_SRC"] = str(common._STREAMGW_SRC)
     print(f"\n== RtmpServer alone ({streamgw_revision()}), {n} x 720p30 publishers, {window:.0f} s ==")
     for sink, what in (("drop", "RTMP read + chunk parse + FLV re-framing, bytes dropped"),
-                       ("drop-no-wait-for", "same, asyncio.wait_for per read replaced by a plain await"),
                        ("bytequeue", "same as the first + ByteQueue.write, one reader thread per stream")):
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.profile", "--harness", sink, str(port)],

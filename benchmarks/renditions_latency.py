@@ -10,18 +10,19 @@ Three processes on 127.0.0.1, all started by this script:
   the main thread only waits, so the process is the gateway's;
 * one orchestrator: this script's ``--orchestrator-child`` mode in its own process, an
   unmodified :class:`~streamgw.orchestrator.node.OrchestratorNode` (2 transcode workers, as the
-  CLI) whose transcode step is timed by wrappers set on the instances: when the verified segment
-  reached the transcode step (``recv``), when a worker thread started and ended ``transcode()``
-  (``t0``, ``t1``) and that thread's CPU seconds; one JSON line per segment on stdout;
+  CLI) given a timed transcoder (:class:`TimedTranscoder`, through its constructor): when the
+  verified segment was queued for a worker (``recv``), when a worker thread started and ended
+  ``transcode()`` (``t0``, ``t1``) and that thread's CPU seconds; one JSON line per segment on stdout;
 * ``ffmpeg -re``: ~30 s of 720p30 testsrc2 + sine, x264 ultrafast zerolatency, GOP 60, over RTMP.
 
-The gateway is observed from the inside, never changed:
+The gateway is observed from the inside, never changed (``tests/harness.py`` starts it; what it
+is given goes through :class:`~streamgw.node.GatewayNode`'s constructor):
 
 * a hub subscription (like the HLS output's, which lists a segment in the same event-loop step
   in which it is published) records when each source segment is published (the cut, as the
   dispatcher's ``cut_at``) and when each rendition is published (= listed);
-* wrappers on the orchestrator client's ``submit``/``download`` record the wire phases, and one
-  on ``Metrics.on_transcoded`` the dispatcher's own cut -> done seconds (the
+* its orchestrator clients (:class:`TimedClient`) time ``submit``/``download``, the wire phases,
+  and its metrics (:class:`TimedMetrics`) the dispatcher's own cut -> done seconds (the
   ``streamgw_renditions_latency_seconds`` observation of each segment);
 * an event-loop lag probe (sleeps 10 ms, records the oversleep) shows stalls of the loop.
 
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import json
 import os
 import re
@@ -57,77 +57,74 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import OUT_DIR, free_port, log, machine_info, pct, print_table  # noqa: E402
+from benchmarks.common import OUT_DIR, log, machine_info, print_table  # noqa: E402
+from streamgw.config import Settings  # noqa: E402
+from streamgw.gateway.hub import StreamEnded  # noqa: E402
+from streamgw.livepeer import lp_rpc_pb2 as pb  # noqa: E402
+from streamgw.livepeer.client import OrchestratorClient, SegmentAnswer  # noqa: E402
+from streamgw.livepeer.segdata import SegMetadata  # noqa: E402
+from streamgw.livepeer.signing import MessageSigner  # noqa: E402
+from streamgw.livepeer.tls import CertificatePins  # noqa: E402
+from streamgw.metrics import Metrics  # noqa: E402
+from streamgw.node import GatewayNode  # noqa: E402
+from streamgw.orchestrator.node import TranscodeJob, transcode_job  # noqa: E402
+from tests.harness import RunningGateway, ffmpeg_publish_args, free_port, poll, start_gateway, summary  # noqa: E402
 
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 LADDER = ("P144p30fps16x9", "P240p30fps16x9")
 STREAM = "lat"
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
-# The orchestrator child: an unmodified OrchestratorNode, timed from outside
+# The orchestrator child: an unmodified OrchestratorNode with a timed transcoder
+
+
+class TimedTranscoder:
+    """The node's transcoder, timed on its worker thread: one JSON line per segment on stdout."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __call__(self, job: TranscodeJob) -> list[bytes]:
+        rec: dict[str, Any] = {"seq": job.seq, "recv": job.queued_at, "bytes": len(job.data), "error": ""}
+        rec["t0"], c0 = time.monotonic(), time.thread_time()
+        try:
+            return transcode_job(job)
+        except Exception as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            rec["t1"], rec["cpu"] = time.monotonic(), time.thread_time() - c0
+            self.emit(rec)
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        """One record, one line (worker threads write at once)."""
+        with self._lock:
+            sys.stdout.write(json.dumps(rec) + "\n")
+            sys.stdout.flush()
 
 
 def _orchestrator_child(port: int, data_dir: str, workers: int, delay: float, capacity: int) -> None:
     from streamgw.log import configure
-    from streamgw.media.transcoder import transcode
-    from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings, rendition_spec
+    from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings
 
     configure("warning")
-    current_seq: contextvars.ContextVar[int] = contextvars.ContextVar("seq", default=-1)
-    records: dict[int, dict[str, Any]] = {}
-
-    def emit(rec: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
+    transcoder = TimedTranscoder()
 
     async def main() -> None:
+        # capacity: segments accepted at once (0: 2 x workers, as the CLI); more answer OrchestratorBusy
         node = OrchestratorNode(OrchestratorNodeSettings(
-            serve_addr=f"127.0.0.1:{port}", data_dir=Path(data_dir), transcode_workers=workers, delay=delay))
-
-        async def timed_transcode(data: bytes, profiles: Any) -> list[bytes]:
-            # OrchestratorNode._transcode with the worker's start/end and CPU time recorded.
-            specs = [rendition_spec(p) for p in profiles]
-            rec = records.setdefault(current_seq.get(), {})
-
-            def work() -> list[bytes]:
-                rec["t0"], c0 = time.monotonic(), time.thread_time()
-                try:
-                    return transcode(data, specs)
-                finally:
-                    rec["t1"], rec["cpu"] = time.monotonic(), time.thread_time() - c0
-
-            return await asyncio.get_running_loop().run_in_executor(node._executor, work)
-
-        node._transcode = timed_transcode  # type: ignore[method-assign]
+            serve_addr=f"127.0.0.1:{port}", data_dir=Path(data_dir), transcode_workers=workers, delay=delay,
+            max_concurrent=capacity), transcoder)
         await node.start()
-        assert node.service is not None
-        service = node.service
-        if capacity:  # OrchestratorSettings.max_concurrent (the CLI sets 2 x workers)
-            import dataclasses
-            service.settings = dataclasses.replace(service.settings, max_concurrent=capacity)
-        original = service._transcode
-
-        async def timed_service_transcode(meta: Any, body: bytes) -> Any:
-            current_seq.set(meta.seq)
-            rec = records.setdefault(meta.seq, {})
-            rec["recv"] = time.monotonic()
-            rec["bytes"] = len(body)
-            result = await original(meta, body)
-            rec["done"] = time.monotonic()
-            rec["error"] = result.error if result.WhichOneof("result") == "error" else ""
-            emit({"seq": meta.seq, **records.pop(meta.seq)})
-            return result
-
-        service._transcode = timed_service_transcode  # type: ignore[method-assign]
-        emit({"ready": node.url})
+        transcoder.emit({"ready": node.url})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,56 +205,88 @@ class Observations:
     lags: list[tuple[float, float]] = field(default_factory=list)  # (time, oversleep seconds)
 
 
+class TimedMetrics(Metrics):
+    """The gateway's metrics, also keeping the dispatcher's cut -> done seconds of each segment."""
+
+    def __init__(self, obs: Observations) -> None:
+        super().__init__()
+        self.obs = obs
+
+    def on_transcoded(self, ok: bool, seconds: float) -> None:
+        self.obs.transcoded.append((time.monotonic(), ok, seconds))
+        super().on_transcoded(ok, seconds)
+
+
+class TimedClient(OrchestratorClient):
+    """An orchestrator client that records each attempt (submit, downloads) in ``gw.obs``."""
+
+    def __init__(self, url: str, signer: MessageSigner, pins: CertificatePins, gw: InProcessGateway) -> None:
+        super().__init__(url, signer, pins)
+        self.gw = gw
+        self._current: dict[int, Attempt] = {}
+
+    async def submit(self, info: pb.OrchestratorInfo, meta: SegMetadata, data: bytes,
+                     duration_s: float) -> SegmentAnswer:
+        pool = self.gw.node.pool
+        assert pool is not None
+        now = time.monotonic()
+        url = self.url
+        att = Attempt(url, meta.seq, now, chosen_busy=pool.records[url].in_flight - 1,
+                      idle_others=sum(1 for r in pool.records.values() if r.url != url and r.in_flight == 0
+                                      and not r.suspended(now) and r.info is not None),
+                      pool=[(c.url.rsplit(":", 1)[-1], c.in_flight, c.capacity, c.suspended,
+                             None if c.latency is None else round(c.latency, 3), round(c.failure_rate, 2))
+                            for c in pool.candidates()])
+        self.gw.obs.attempts.append(att)
+        self._current[meta.seq] = att
+        try:
+            answer = await super().submit(info, meta, data, duration_s)
+        except BaseException as exc:
+            att.end, att.error = time.monotonic(), f"{type(exc).__name__}: {exc}"
+            raise
+        att.end, att.upload = time.monotonic(), answer.upload_seconds
+        att.ok = not answer.result.error
+        if answer.result.error:
+            att.error = answer.result.error
+        return answer
+
+    async def download(self, url: str, timeout: float) -> bytes:
+        m = re.search(r"/(\d+)\.ts$", url)
+        att = self._current.get(int(m.group(1))) if m else None
+        data = await super().download(url, timeout)
+        if att is not None:
+            att.downloads_end = max(att.downloads_end, time.monotonic())
+        return data
+
+
 class InProcessGateway:
-    """A GatewayNode on its own event loop in a thread (as tests/conftest.py), with observers."""
+    """A GatewayNode on its own event loop in a thread (``tests/harness.py``), with observers."""
 
     def __init__(self, lag_probe: float = 0.010, **overrides: Any) -> None:
-        from streamgw.config import load_settings
-        from streamgw.node import GatewayNode
-
-        base: dict[str, Any] = {"rtmp_addr": f"127.0.0.1:{free_port()}", "http_addr": f"127.0.0.1:{free_port()}",
-                                "reconnect_grace": 0.0, "log_level": "warning"}
-        base.update(overrides)
-        self.settings = load_settings(None, base, environ={})
-        self.loop = asyncio.new_event_loop()
-        self.node = GatewayNode(self.settings)
         self.obs = Observations()
         self.lag_probe = lag_probe
-        self._tasks: list[asyncio.Task[None]] = []
-        started: Future[None] = Future()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
+        def make_node(settings: Settings) -> GatewayNode:
+            return GatewayNode(settings, metrics=TimedMetrics(self.obs),
+                               orchestrator_client=lambda url, signer, pins: TimedClient(url, signer, pins, self))
 
-            async def boot() -> None:
-                try:
-                    await self.node.start()
-                    self._instrument()
-                    started.set_result(None)
-                except BaseException as exc:
-                    started.set_exception(exc)
-
-            self.loop.run_until_complete(boot())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="gateway-loop", daemon=True)
-        self.thread.start()
-        started.result(30)
+        self.running: RunningGateway = start_gateway(make_node, **{"log_level": "warning", **overrides})
+        self.node = self.running.node
+        self.running.call(self._observe)
 
     @property
     def rtmp_port(self) -> int:
-        return int(self.node.rtmp.port)
+        return self.running.rtmp_port
 
     def rtmp_url(self, name: str) -> str:
-        return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{name}"
+        return self.running.rtmp_url(name)
 
-    def _instrument(self) -> None:
-        from streamgw.gateway.hub import StreamEnded
-
-        obs = self.obs
-        sub = self.node.hub.subscribe(maxsize=100_000)
+    def _observe(self) -> None:
+        """Start the hub tap and the lag probe under the node's supervisor (on the loop; closed with the node)."""
+        obs, hub = self.obs, self.node.hub
 
         async def tap() -> None:
+            sub = hub.subscribe(maxsize=100_000)
             while True:
                 ev = await sub.get()
                 now = time.monotonic()
@@ -276,72 +305,13 @@ class InProcessGateway:
                 now = time.monotonic()
                 obs.lags.append((now, now - t - self.lag_probe))
 
-        self._tasks.append(asyncio.ensure_future(tap()))
+        self.node.supervisor.spawn("bench-tap", tap)
         if self.lag_probe:
-            self._tasks.append(asyncio.ensure_future(lag()))
-        metrics = self.node.metrics
-        on_transcoded = metrics.on_transcoded
+            self.node.supervisor.spawn("bench-lag", lag)
 
-        def transcoded(ok: bool, seconds: float) -> None:
-            obs.transcoded.append((time.monotonic(), ok, seconds))
-            on_transcoded(ok, seconds)
-
-        metrics.on_transcoded = transcoded  # type: ignore[method-assign]
-        assert self.node.pool is not None
-        for record in self.node.pool.records.values():
-            self._wrap_client(record.url, record.client)
-
-    def _wrap_client(self, url: str, client: Any) -> None:
-        obs = self.obs
-        submit, download = client.submit, client.download
-        current: dict[int, Attempt] = {}
-
-        pool = self.node.pool
-        assert pool is not None
-
-        async def timed_submit(info: Any, meta: Any, data: bytes, duration_s: float) -> Any:
-            now = time.monotonic()
-            att = Attempt(url, meta.seq, now, chosen_busy=pool.records[url].in_flight - 1,
-                          idle_others=sum(1 for r in pool.records.values() if r.url != url and r.in_flight == 0
-                                          and not r.suspended(now) and r.info is not None),
-                          pool=[(c.url.rsplit(":", 1)[-1], c.in_flight, c.capacity, c.suspended,
-                                 None if c.latency is None else round(c.latency, 3), round(c.failure_rate, 2))
-                                for c in pool.candidates()])
-            obs.attempts.append(att)
-            current[meta.seq] = att
-            try:
-                answer = await submit(info, meta, data, duration_s)
-            except BaseException as exc:
-                att.end, att.error = time.monotonic(), f"{type(exc).__name__}: {exc}"
-                raise
-            att.end, att.upload = time.monotonic(), answer.upload_seconds
-            att.ok = not answer.result.error
-            if answer.result.error:
-                att.error = answer.result.error
-            return answer
-
-        async def timed_download(rendition_url: str, timeout: float) -> bytes:
-            m = re.search(r"/(\d+)\.ts$", rendition_url)
-            att = current.get(int(m.group(1))) if m else None
-            data: bytes = await download(rendition_url, timeout)
-            if att is not None:
-                att.downloads_end = max(att.downloads_end, time.monotonic())
-            return data
-
-        client.submit = timed_submit
-        client.download = timed_download
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        fut: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # pragma: no cover
-                fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(10)
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the gateway's loop."""
+        return self.running.call(fn)
 
     def orchestrators(self) -> list[dict[str, Any]]:
         """What /api/orchestrators shows, read on the loop."""
@@ -351,42 +321,24 @@ class InProcessGateway:
             return [{"url": r.url, "segments": r.segments, "failures": r.failures, "in_flight": r.in_flight,
                      "latency_score": r.latency, "suspended": r.suspended(now), "has_info": r.info is not None,
                      "last_error": r.last_error} for r in self.node.pool.records.values()]
-        return self.call(read)  # type: ignore[no-any-return]
+        return self.call(read)
 
     def counters(self) -> dict[str, int]:
         d = self.node.dispatcher
         assert d is not None
-        return self.call(lambda: {"lost": d.lost, "late": d.late, "given_up": d.given_up})  # type: ignore[no-any-return]
+        return self.call(lambda: {"lost": d.lost, "late": d.late, "given_up": d.given_up})
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Until the pool's first refresh has fetched every OrchestratorInfo (sessions exist)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(o["has_info"] for o in self.orchestrators()):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("orchestrators not ready")
+        self.running.wait_for(lambda: all(o["has_info"] for o in self.orchestrators()), timeout,
+                              "every orchestrator's info")
 
     def wait_done(self, renditions: tuple[str, ...], timeout: float) -> bool:
         """Until every rendition has ended (the dispatcher ends them after the last segment)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if {"source", *renditions} <= self.obs.ended:
-                return True
-            time.sleep(0.05)
-        return False
+        return poll(lambda: {"source", *renditions} <= self.obs.ended, timeout)
 
     def stop(self) -> None:
-        async def close() -> None:
-            for t in self._tasks:
-                t.cancel()
-            await self.node.close()
-
-        try:
-            asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
+        self.running.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,12 +346,8 @@ class InProcessGateway:
 
 
 def ffmpeg_args(url: str, seconds: float, size: str = "1280x720", fps: int = 30, gop: int = 60) -> list[str]:
-    """``ffmpeg -re`` publishing testsrc2 + sine, x264 ultrafast zerolatency (as tests/conftest.py)."""
-    return [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
-            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(gop),
-            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", "-f", "flv", url]
+    """``ffmpeg -re`` publishing testsrc2 + sine, x264 ultrafast zerolatency (the tests' publisher)."""
+    return ffmpeg_publish_args(url, seconds=seconds, size=size, fps=fps, gop=gop)
 
 
 def ms(v: float) -> str:
@@ -407,8 +355,7 @@ def ms(v: float) -> str:
 
 
 def stats(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95),
-            "max": max(values) if values else float("nan")}
+    return summary(values)
 
 
 def idle_transcode_times(record_dir: Path, rounds: int) -> dict[int, float]:

@@ -125,7 +125,7 @@ class LibsLadder:
 
     def segment(self, data: bytes) -> None:
         """Transcode one segment (per segment: into its own files ``libs_RUNG_N.ts``)."""
-        with av.open(io.BytesIO(data), format="mpegts") as inp:
+        with av.open(io.BytesIO(data), mode="r", format="mpegts") as inp:
             v = inp.streams.video[0]
             a = inp.streams.audio[0] if inp.streams.audio else None
             if self.decoder is None:
@@ -248,15 +248,16 @@ class Worker:
 
 def video_kbps(data: bytes) -> tuple[float, int]:
     """Mean video bitrate of a TS (kbit/s over its frame span) and its frame count."""
-    with av.open(io.BytesIO(data), format="mpegts") as c:
+    with av.open(io.BytesIO(data), mode="r", format="mpegts") as c:
         v = c.streams.video[0]
         size = 0
         pts: list[int] = []
         for p in c.demux(v):
-            if p.size:
+            if p.size and p.pts is not None:
                 size += p.size
                 pts.append(p.pts)
         tb = v.time_base
+        assert tb is not None
     pts.sort()
     step = (pts[-1] - pts[0]) / max(1, len(pts) - 1)
     return size * 8 / (float((pts[-1] - pts[0] + step) * tb) * 1000), len(pts)
@@ -271,7 +272,7 @@ def luma_psnr(rungs: list[bytes], source: bytes) -> list[float]:
     from av.video.reformatter import Interpolation
 
     def frames(data: bytes) -> list[Any]:
-        with av.open(io.BytesIO(data), format="mpegts") as c:
+        with av.open(io.BytesIO(data), mode="r", format="mpegts") as c:
             return sorted(c.decode(video=0), key=lambda f: f.pts)
 
     src = frames(source)
@@ -357,10 +358,10 @@ def run(args: argparse.Namespace, threads: int, segments: list[Segment], workdir
     last = len(segments) - 1
     libs_last = [(workdir / f"libs_{name}_{last + 1}.ts").read_bytes() for name, *_ in LADDER]
     check = []
-    for k, (name, *_rest) in enumerate(LADDER):
-        ours = video_kbps(ours_out[-1][k])
-        libs = video_kbps(libs_last[k])
-        ff = video_kbps(outs[k].read_bytes())
+    for rung, (name, *_rest) in enumerate(LADDER):
+        ours = video_kbps(ours_out[-1][rung])
+        libs = video_kbps(libs_last[rung])
+        ff = video_kbps(outs[rung].read_bytes())
         check.append({"rung": name, "kbps": {"streamgw": ours[0], "libs": libs[0], "ffmpeg": ff[0]},
                       "frames": {"streamgw": ours[1], "libs": libs[1], "ffmpeg": ff[1]}})
     result: dict[str, Any] = {

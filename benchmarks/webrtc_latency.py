@@ -33,12 +33,8 @@ import asyncio
 import fractions
 import io
 import json
-import math
 import os
 import platform
-import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -48,27 +44,31 @@ from typing import Any
 import av
 import httpx
 import numpy as np
-from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from streamgw.ingest.webrtc import IceSettings, gather_candidates, new_peer_connection  # noqa: E402
+from benchmarks.common import MEDIA_DIR, OUT_DIR, log  # noqa: E402
+from tests.harness import (  # noqa: E402
+    CLK_TCK,
+    FFMPEG,
+    StreamgwProcess,
+    Tone,
+    free_port,
+    proc_cpu_seconds,
+    spawn_streamgw,
+    summary,
+    testsrc,
+    tone,
+    whep_view,
+    whip_publish,
+)
 
-OUT_DIR = REPO / "benchmarks" / "out"
-MEDIA_DIR = OUT_DIR / "media"
-FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-LOOPBACK = IceSettings()
 CELLS = 32
 VALUE_BITS = 24
 MASK = (1 << VALUE_BITS) - 1
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def draw_stamp(y: np.ndarray, ms: int) -> None:
 def read_stamp(frame: av.VideoFrame) -> int | None:
     """The stamp in a decoded frame, or None."""
     plane = frame.planes[0]
-    y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, :frame.width]
+    y = np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)[:, :frame.width]
     h, w = y.shape
     band = max(2, round(h / 18))
     row = band // 2
@@ -153,33 +153,6 @@ class StampedVideo(MediaStreamTrack):
         return frame
 
 
-class Tone(MediaStreamTrack):
-    """A 440 Hz tone, 20 ms frames."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-        self.start = 0.0
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.n == 0:
-            self.start = time.time()
-        else:
-            await asyncio.sleep(max(0.0, self.start + self.n * 0.02 - time.time()))
-        t = (np.arange(960) + self.n * 960) / 48000
-        wave = (np.sin(2 * math.pi * 440 * t) * 6000).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(wave, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = 48000
-        frame.pts = self.n * 960
-        frame.time_base = fractions.Fraction(1, 48000)
-        self.n += 1
-        return frame
-
-
 class PacketLoop(MediaStreamTrack):
     """Pre-encoded packets, looped in real time (aiortc packetizes them without encoding)."""
 
@@ -191,7 +164,7 @@ class PacketLoop(MediaStreamTrack):
         self.i = 0
         self.start = time.time() + offset
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet:  # type: ignore[type-arg]
         if self.readyState != "live":
             raise MediaStreamError
         loop, idx = divmod(self.i, len(self.packets))
@@ -209,92 +182,22 @@ class PacketLoop(MediaStreamTrack):
 # The gateway and the peers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Gateway:
-    """``streamgw gateway`` in its own process."""
+    """``streamgw gateway`` in its own process (``tests/harness.py``)."""
 
     def __init__(self, segment_duration: float = 2.0, whip_video: str = "copy") -> None:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamgw", "gateway", "--rtmp-addr", f"127.0.0.1:{free_port()}",
-             "--http-addr", f"127.0.0.1:{self.http_port}", "--segment-duration", str(segment_duration),
-             "--whip-max-sessions", "64", "--whip-video", whip_video, "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            time.sleep(0.1)
+        self.process: StreamgwProcess = spawn_streamgw(
+            "gateway", "--rtmp-addr", f"127.0.0.1:{free_port()}", "--http-addr", f"127.0.0.1:{self.http_port}",
+            "--segment-duration", str(segment_duration), "--whip-max-sessions", "64", "--whip-video", whip_video,
+            "--log-level", "warning", ports=[self.http_port], cwd=REPO).wait_ready(20)
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return proc_cpu_seconds(self.process.pid)
 
     def close(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err or ""
-
-
-async def whip(client: httpx.AsyncClient, url: str, tracks: list[MediaStreamTrack],
-               codecs: dict[str, str] | None = None) -> tuple[Any, str]:
-    """Publish ``tracks``; returns (peer connection, session URL)."""
-    pc = new_peer_connection(LOOPBACK)
-    for track in tracks:
-        t = pc.addTransceiver(track, direction="sendonly")
-        if codecs and track.kind in codecs:
-            caps = RTCRtpSender.getCapabilities(track.kind)
-            assert caps is not None
-            t.setCodecPreferences([c for c in caps.codecs if c.mimeType == codecs[track.kind]])
-    await gather_candidates(pc, LOOPBACK.addresses)
-    await pc.setLocalDescription(await pc.createOffer())
-    r = await client.post(url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
-    r.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-    return pc, url.split("/whip/")[0] + r.headers["location"]
-
-
-async def whep(client: httpx.AsyncClient, url: str) -> tuple[Any, str]:
-    pc = new_peer_connection(LOOPBACK)
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await gather_candidates(pc, LOOPBACK.addresses)
-    await pc.setLocalDescription(await pc.createOffer())
-    r = await client.post(url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
-    r.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-    return pc, url.split("/whep/")[0] + r.headers["location"]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    s = sorted(values)
-
-    def q(p: float) -> float:
-        k = (len(s) - 1) * p
-        lo = int(k)
-        return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
-
-    return {"n": len(s), "p50": round(q(0.5), 1), "p95": round(q(0.95), 1), "max": round(s[-1], 1),
-            "mean": round(statistics.fmean(s), 1)}
+        return self.process.stop(20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,9 +210,9 @@ async def latency_run(gw: Gateway, seconds: float, warmup: float) -> dict[str, A
     hls_all: list[float] = []
     unreadable = {"whep": 0, "hls": 0}
     async with httpx.AsyncClient(timeout=20) as client:
-        pub, pub_session = await whip(client, gw.url + "/whip/lat", [StampedVideo(), Tone()])
+        pub, pub_session = await whip_publish(client, gw.url + "/whip/lat", [StampedVideo(), Tone(amplitude=6000)])
         await asyncio.sleep(0.5)
-        view, view_session = await whep(client, gw.url + "/whep/lat")
+        view, view_session = await whep_view(client, gw.url + "/whep/lat")
         t0 = time.monotonic()
         end = t0 + warmup + seconds
 
@@ -320,7 +223,7 @@ async def latency_run(gw: Gateway, seconds: float, warmup: float) -> dict[str, A
                     frame = await asyncio.wait_for(track.recv(), 2)
                 except (asyncio.TimeoutError, MediaStreamError):
                     continue
-                stamp = read_stamp(frame)
+                stamp = read_stamp(frame) if isinstance(frame, av.VideoFrame) else None
                 if stamp is None:
                     unreadable["whep"] += 1
                 elif time.monotonic() > t0 + warmup:
@@ -355,15 +258,15 @@ async def latency_run(gw: Gateway, seconds: float, warmup: float) -> dict[str, A
         await view.close()
         await pub.close()
     return {
-        "whip_to_whep_ms": summary(whep_ms),
-        "whip_to_hls_first_frame_ms": summary(hls_first),
-        "whip_to_hls_all_frames_ms": summary(hls_all),
+        "whip_to_whep_ms": summary(whep_ms, ndigits=1),
+        "whip_to_hls_first_frame_ms": summary(hls_first, ndigits=1),
+        "whip_to_hls_all_frames_ms": summary(hls_all, ndigits=1),
         "unreadable_frames": unreadable,
     }
 
 
 def _segment_stamps(data: bytes) -> list[int | None]:
-    with av.open(io.BytesIO(data), format="mpegts") as c:
+    with av.open(io.BytesIO(data), mode="r", format="mpegts") as c:
         return [read_stamp(f) for f in c.decode(video=0)]
 
 
@@ -378,26 +281,31 @@ def ensure_clip(seconds: int = 20) -> tuple[Path, Path]:
     audio = MEDIA_DIR / f"webrtc_opus_48k_{seconds}s.ogg"
     if not video.exists():
         log(f"generating {video.name} (once)...")
-        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                        "-i", "testsrc2=size=1280x720:rate=30", "-t", str(seconds), "-c:v", "libx264",
+        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
+                        *testsrc("1280x720", 30), "-t", str(seconds), "-c:v", "libx264",
                         "-preset", "veryfast", "-tune", "zerolatency", "-profile:v", "baseline", "-g", "60",
                         "-keyint_min", "60", "-sc_threshold", "0", "-b:v", "2500k", "-maxrate", "2500k",
                         "-bufsize", "2500k", "-pix_fmt", "yuv420p", "-f", "h264", str(video) + ".tmp"], check=True)
         os.replace(str(video) + ".tmp", video)
     if not audio.exists():
-        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                        "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds), "-ac", "2",
+        subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
+                        *tone(48000), "-t", str(seconds), "-ac", "2",
                         "-c:a", "libopus", "-b:a", "64k", "-f", "ogg", str(audio) + ".tmp"], check=True)
         os.replace(str(audio) + ".tmp", audio)
     return video, audio
 
 
-def load_packets(video: Path, audio: Path) -> dict[str, Any]:
+Clip = tuple[list[tuple[bytes, int]], fractions.Fraction, int]  # (data, pts) of each packet, time base, duration
+
+
+def load_packets(video: Path, audio: Path) -> dict[str, Clip]:
     with av.open(str(video), format="h264") as c:
         vpk = [(bytes(p), i * 3000) for i, p in enumerate(p for p in c.demux(video=0) if p.size)]
     with av.open(str(audio)) as c:
         s = c.streams.audio[0]
-        apk = [(bytes(p), int(p.pts * s.time_base * 48000)) for p in c.demux(s) if p.size and p.pts is not None]
+        assert s.time_base is not None
+        tb = s.time_base
+        apk = [(bytes(p), int(p.pts * tb * 48000)) for p in c.demux(s) if p.size and p.pts is not None]
     return {"video": (vpk, fractions.Fraction(1, 90000), len(vpk) * 3000),
             "audio": (apk, fractions.Fraction(1, 48000), apk[-1][1] + 960)}
 
@@ -412,8 +320,8 @@ async def publishers_main(url: str, count: int, seconds: float) -> None:
             offset = i * 2.0 / count  # spread the keyframes as independent publishers would
             tracks: list[MediaStreamTrack] = [PacketLoop(kind, *packets[kind], offset=offset)
                                               for kind in ("video", "audio")]
-            peers.append(await whip(client, f"{url}/whip/cpu{i}", tracks,
-                                    {"video": "video/H264", "audio": "audio/opus"}))
+            peers.append(await whip_publish(client, f"{url}/whip/cpu{i}", tracks,
+                                            {"video": "video/H264", "audio": "audio/opus"}))
         print("ready", flush=True)
         await asyncio.sleep(seconds)
         for pc, session in peers:

@@ -2,6 +2,8 @@
 
     StreamgwError
     ├── ConfigError            invalid settings, unknown keys
+    ├── IncompatibleDependency an installed library lacks the internals streamgw hooks into (an
+    │                          upgrade changed them); names what; also an ImportError
     ├── ListenError            a listening port cannot be bound (in use, not permitted); names the
     │                          address; also an OSError
     ├── ProtocolError          a peer broke a wire protocol
@@ -17,8 +19,11 @@
     │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
     │       └── PaymentError           malformed ticket parameters or payment
     ├── OrchestratorError      an orchestrator refused or failed a call (HTTP error, result error)
-    │   ├── OrchestratorUnavailable  unreachable, timed out, or the connection broke
-    │   └── OrchestratorBusy   at capacity right now (OrchestratorBusy / OrchestratorCapped)
+    │   ├── OrchestratorUnavailable  unreachable, no connection within the dial timeout, timed out
+    │   │                            (GetOrchestrator included), TLS failed, or the connection broke
+    │   ├── OrchestratorBusy   at capacity right now (OrchestratorBusy / OrchestratorCapped)
+    │   └── BadRenditionSignature  an on-chain orchestrator's signature does not cover the
+    │                              renditions fetched (missing, malformed, or someone else's)
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
@@ -43,6 +48,10 @@ class StreamgwError(Exception):
 
 class ConfigError(StreamgwError):
     """The configuration is invalid."""
+
+
+class IncompatibleDependency(StreamgwError, ImportError):
+    """An installed library's private internals that streamgw hooks into have changed; the text names them."""
 
 
 class ListenError(StreamgwError, OSError):
@@ -139,6 +148,10 @@ class OrchestratorUnavailable(OrchestratorError):
 
 class OrchestratorBusy(OrchestratorError):
     """An orchestrator is at capacity: try another, without holding it against this one."""
+
+
+class BadRenditionSignature(OrchestratorError):
+    """An on-chain orchestrator's result signature does not match the renditions fetched: its failure."""
 
 
 class SegmentRejected(MediaError):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from streamgw.gateway.dispatcher import DispatchObserver, Outcome
-from streamgw.gateway.ingest import SegmentObserver
+from streamgw.gateway.publishers import SegmentObserver
 from streamgw.segment import Segment
 
 
@@ -16,9 +18,6 @@ class Metrics(SegmentObserver, DispatchObserver):
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.bytes_in = Counter(
-            "streamgw_ingest_bytes", "Media bytes received from publishers", registry=self.registry
-        )
         self.segments_out = Counter(
             "streamgw_segments", "Segments produced", ["rendition"], registry=self.registry
         )
@@ -76,15 +75,43 @@ class Metrics(SegmentObserver, DispatchObserver):
         self.segment_seconds.labels(segment.rendition).inc(segment.duration_seconds)
         self.segmenter_latency.observe(latency)
 
-    def on_bytes(self, n: int) -> None:
-        self.bytes_in.inc(n)
-
-    def bind(self, streams: Callable[[], int], connections: Callable[[], int], errors: Callable[[], int]) -> None:
-        """Read gauges from the live objects at scrape time."""
+    def bind(self, streams: Callable[[], int], connections: Callable[[], int], errors: Callable[[], int],
+             counts: Callable[[], Mapping[str, Mapping[str, int]]] | None = None) -> None:
+        """Read gauges, and the counters that the hot path keeps as plain ints, from the live
+        objects at scrape time. ``counts``: ``{"bytes_in": {"": n}, "hub_dropped": {subscriber: n},
+        "segmenter": {what: n}}``."""
         self.streams.set_function(streams)
         self.rtmp_connections.set_function(connections)
         self.rtmp_protocol_errors.set_function(errors)
+        if counts is not None:
+            self.registry.register(_ScrapedCounters(counts))
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _ScrapedCounters(Collector):
+    """Counters the gateway keeps as plain ints (no metric call per RTMP read), read when scraped."""
+
+    _FAMILIES = {
+        "bytes_in": ("streamgw_ingest_bytes", "Media bytes received from publishers", None),
+        "hub_dropped": ("streamgw_hub_dropped_events",
+                        "Segments and stream events a subscriber fell too far behind to get (oldest dropped)",
+                        "subscriber"),
+        "segmenter": ("streamgw_segmenter_events",
+                      "What segmenters fixed or left out of what publishers sent: retimed_packets (stamped no "
+                      "later than the one before), dropped_packets (went back past it), timestamp_resets, "
+                      "recovery_cuts (segments started at a keyframe that is not an IDR)", "what"),
+    }
+
+    def __init__(self, counts: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        for key, (name, doc, label) in self._FAMILIES.items():
+            family = CounterMetricFamily(name, doc, labels=[label] if label else None)
+            for value_label, value in sorted(counts.get(key, {}).items()):
+                family.add_metric([value_label] if label else [], value)
+            yield family

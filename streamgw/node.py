@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,11 +19,11 @@ from streamgw.errors import ConfigError, ProfileError, StreamgwError
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import Dispatcher, DispatchSettings
 from streamgw.gateway.hub import Hub
-from streamgw.gateway.ingest import Ingest, IngestSettings
+from streamgw.gateway.publishers import Publishers, PublisherSettings
 from streamgw.gateway.selection import SelectionPolicy
 from streamgw.gateway.streams import StreamState
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
-from streamgw.ingest.webrtc import IceSettings, WhipServer, WhipSettings, parse_ice_addresses, parse_ice_servers
+from streamgw.ingest.webrtc import WhipServer, WhipSettings
 from streamgw.livepeer.client import OrchestratorClient
 from streamgw.livepeer.profiles import VideoProfile, parse_preset_names, parse_profiles_json
 from streamgw.livepeer.signing import Signer
@@ -34,6 +34,7 @@ from streamgw.net import tcp_listener
 from streamgw.output.hls import HlsOutput, Recorder
 from streamgw.output.whep import WhepOutput, WhepSettings
 from streamgw.supervise import Supervisor
+from streamgw.webrtc import IceSettings, parse_ice_addresses, parse_ice_servers
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,15 @@ def selection_policy(settings: Settings) -> SelectionPolicy:
 class GatewayNode:
     """RTMP ingest, segmenter, HLS output, transcoding dispatch and HTTP API wired together.
 
-    ``orchestrators`` overrides ``settings.orch_addr`` (``streamgw up`` passes its embedded one).
+    ``orchestrators`` overrides ``settings.orch_addr`` (``streamgw up`` passes its embedded one);
+    ``metrics`` and ``orchestrator_client`` (url, signer, pins -> client) replace the default ones
+    (benchmarks pass timed ones).
     """
 
-    def __init__(self, settings: Settings, orchestrators: list[str] | None = None) -> None:
+    def __init__(self, settings: Settings, orchestrators: list[str] | None = None, *,
+                 metrics: Metrics | None = None,
+                 orchestrator_client: Callable[[str, Signer, CertificatePins], OrchestratorClient] = OrchestratorClient,
+                 ) -> None:
         self.settings = settings
         urls = orchestrators if orchestrators is not None else [
             u.strip() for u in settings.orch_addr.split(",") if u.strip()
@@ -97,10 +103,10 @@ class GatewayNode:
         self.profiles = load_profiles(settings.transcoding_options) if transcoding else []
         self.signer = Signer(settings.gateway_key) if settings.gateway_key else Signer(os.urandom(32))
         self.hub = Hub()
-        self.metrics = Metrics()
-        self.ingest = Ingest(
+        self.metrics = metrics or Metrics()
+        self.publishers = Publishers(
             self.hub,
-            IngestSettings(
+            PublisherSettings(
                 segmenter=SegmenterSettings(
                     target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
                     keyframe_timeout=Fraction(settings.keyframe_timeout).limit_denominator(1000),
@@ -117,9 +123,9 @@ class GatewayNode:
         self.hls = HlsOutput(
             window=settings.playlist_window, target_duration=settings.segment_duration, recorder=recorder
         )
-        self.ingest.on_removed(lambda stream: self.hls.forget(stream.name))
+        self.publishers.on_removed(lambda stream: self.hls.forget(stream.name))
         self.rtmp = RtmpServer(
-            self.ingest.open_publisher,
+            self.publishers.open_publisher,
             RtmpLimits(
                 handshake_timeout=settings.rtmp_handshake_timeout,
                 idle_timeout=settings.rtmp_idle_timeout,
@@ -127,16 +133,18 @@ class GatewayNode:
             ),
         )
         self.metrics.bind(
-            lambda: len(self.ingest.live_streams()),
+            lambda: len(self.publishers.live_streams()),
             lambda: self.rtmp.active_connections,
             lambda: self.rtmp.protocol_errors,
+            lambda: {"bytes_in": {"": self.publishers.bytes_in}, "hub_dropped": self.hub.dropped,
+                     "segmenter": self.publishers.segmenter_counts()},
         )
         pins = CertificatePins()
         self.pool: OrchestratorPool | None = None
         self.dispatcher: Dispatcher | None = None
         if transcoding:
             self.pool = OrchestratorPool(
-                lambda url: OrchestratorClient(url, self.signer, pins),
+                lambda url: orchestrator_client(url, self.signer, pins),
                 static=urls, webhook_url=settings.orch_webhook_url,
                 refresh_interval=settings.orch_refresh_interval,
             )
@@ -152,7 +160,7 @@ class GatewayNode:
         )
         self.whep = WhepOutput(WhepSettings(max_sessions=settings.whep_max_sessions), ice, self._whep_available)
         self.whip = WhipServer(
-            self.ingest.open_publisher,
+            self.publishers.open_publisher,
             WhipSettings(
                 target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
                 video_bitrate=settings.whip_video_bitrate, max_sessions=settings.whip_max_sessions,
@@ -162,21 +170,22 @@ class GatewayNode:
         )
         web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
         self.supervisor = Supervisor("gateway")
-        self.app = create_app(self.ingest, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
+        self.app = create_app(self.publishers, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
                               routers=[webrtc_router(self.whip, self.whep, settings.whip_token)],
-                              health=self.supervisor, rtmp_address=self._rtmp_address)
+                              health=self.supervisor, rtmp_address=self._rtmp_address,
+                              whip_video=self.whip.video_mode)
         self._http: _Uvicorn | None = None
         self.http_port = 0
 
     def _has_video(self, stream: str) -> bool | None:
         """Whether a stream carries video (the dispatcher sends none that does not); None before probing."""
-        live = self.ingest.streams.get(stream)
+        live = self.publishers.streams.get(stream)
         if live is None or live.info is None:
             return None
         return live.info.video_codec is not None
 
     def _whep_available(self, stream: str, rendition: str) -> bool:
-        live = self.ingest.streams.get(stream)
+        live = self.publishers.streams.get(stream)
         if live is None or live.state is StreamState.ENDED:
             return False
         return rendition == "source" or rendition in self.hls.renditions(stream) or any(
@@ -194,11 +203,11 @@ class GatewayNode:
         sets ``supervisor.fatal`` and the process stops.
         """
         hub, sup = self.hub, self.supervisor
-        sup.spawn("hls", lambda: self.hls.run(hub.subscribe(maxsize=1024)))
-        sup.spawn("whep", lambda: self.whep.run(hub.subscribe(maxsize=1024)))
+        sup.spawn("hls", lambda: self.hls.run(hub.subscribe(maxsize=1024, name="hls")))
+        sup.spawn("whep", lambda: self.whep.run(hub.subscribe(maxsize=1024, name="whep")))
         dispatcher, pool = self.dispatcher, self.pool
         if dispatcher is not None and pool is not None:
-            sup.spawn("dispatcher", lambda: dispatcher.run(hub.subscribe(maxsize=1024)))
+            sup.spawn("dispatcher", lambda: dispatcher.run(hub.subscribe(maxsize=1024, name="dispatcher")))
             sup.spawn("discovery", pool.run)
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
@@ -222,7 +231,7 @@ class GatewayNode:
         await self.whip.close()
         await self.whep.close()
         await self.rtmp.close()
-        await self.ingest.close()
+        await self.publishers.close()
         await asyncio.sleep(0)  # let the HLS task apply the final events
         await self.hls.flush()
         if self._http is not None:

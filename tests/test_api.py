@@ -25,7 +25,7 @@ from streamgw.api.app import create_app
 from streamgw.config import load_settings
 from streamgw.errors import ListenError
 from streamgw.gateway.hub import Hub
-from streamgw.gateway.ingest import Ingest, IngestSettings
+from streamgw.gateway.publishers import Publishers, PublisherSettings
 from streamgw.metrics import Metrics
 from streamgw.node import GatewayNode
 from streamgw.output.hls import HlsOutput
@@ -76,7 +76,7 @@ def test_handlers_run_on_the_event_loop_thread() -> None:
         return 0
 
     metrics.bind(count, count, count)
-    app = create_app(Ingest(Hub(), IngestSettings()), HlsOutput(), metrics, WEB)
+    app = create_app(Publishers(Hub(), PublisherSettings()), HlsOutput(), metrics, WEB)
 
     async def scrape() -> int:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as client:
@@ -103,7 +103,7 @@ def test_api_and_playlists_under_load_while_the_loop_publishes(
     """
     gw = gateway_factory(playlist_window=100)
     streams = [f"load{i}" for i in range(4)]
-    publishers = [asyncio.run_coroutine_threadsafe(gw.node.ingest.open_publisher(name, "test"), gw.loop).result(10)
+    publishers = [asyncio.run_coroutine_threadsafe(gw.node.publishers.open_publisher(name, "test"), gw.loop).result(10)
                   for name in streams]
     stop = threading.Event()
     published = [0]
@@ -203,7 +203,7 @@ def test_info_gives_the_configured_rtmp_address(gateway_factory: Callable[..., R
     assert info["rtmp_host"] == "127.0.0.1" and info["rtmp_port"] == gw.rtmp_port != 1935
     assert info["rtmp_app"] == "live"
 
-    app = create_app(Ingest(Hub(), IngestSettings()), HlsOutput(), Metrics(), WEB,
+    app = create_app(Publishers(Hub(), PublisherSettings()), HlsOutput(), Metrics(), WEB,
                      rtmp_address=lambda: ("0.0.0.0", 1936))
 
     async def wildcard() -> dict[str, object]:

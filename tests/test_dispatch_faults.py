@@ -26,7 +26,7 @@ import pytest
 
 from streamgw.cli import orchestrator_node
 from streamgw.config import load_settings
-from streamgw.errors import OrchestratorBusy, OrchestratorError, SegmentRejected
+from streamgw.errors import BadRenditionSignature, OrchestratorBusy, OrchestratorError, SegmentRejected
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import NO_VIDEO, Dispatcher, DispatchSettings
 from streamgw.gateway.hub import Hub, StreamEnded, Subscription
@@ -35,7 +35,7 @@ from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.client import OrchestratorClient, result_error
 from streamgw.livepeer.profiles import PRESETS
 from streamgw.livepeer.segdata import transcode_result
-from streamgw.livepeer.signing import Signer
+from streamgw.livepeer.signing import MessageSigner, Signer
 from streamgw.livepeer.tls import CertificatePins
 from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings
 from streamgw.segment import Segment
@@ -97,9 +97,9 @@ def _client(url: str, *, signer: Signer, pins: CertificatePins) -> OrchestratorC
 
 @contextlib.asynccontextmanager
 async def _harness(tmp: Path, *, gateways: int = 1, max_concurrent: int = 0,
-                   delay: float = 0.0) -> AsyncIterator[Harness]:
+                   delay: float = 0.0, signer: MessageSigner | None = None) -> AsyncIterator[Harness]:
     node = OrchestratorNode(OrchestratorNodeSettings(serve_addr="127.0.0.1:0", data_dir=tmp, transcode_workers=1,
-                                                     max_concurrent=max_concurrent, delay=delay))
+                                                     max_concurrent=max_concurrent, delay=delay), signer=signer)
     await node.start()
     made: list[Gateway] = []
     tasks: list[asyncio.Task[None]] = []
@@ -249,6 +249,73 @@ def test_stream_without_video_is_not_sent(tmp_path: Path, media: dict[str, list[
             assert sorted(seq for _, seq in h.outputs) == [0, 2]
             assert h.outputs[("cam", 2)].discontinuity and not h.outputs[("cam", 0)].discontinuity
             assert h.dispatcher.lost == 0 and record.failures == 0
+
+    asyncio.run(main())
+
+
+# --- issue 10: an on-chain orchestrator's results carry its signature -------------------------
+
+
+class Impostor:
+    """An orchestrator identity that advertises ``claimed``'s address and signs with ``actual``'s key."""
+
+    def __init__(self, claimed: Signer, actual: Signer) -> None:
+        self.claimed = claimed
+        self.actual = actual
+
+    @property
+    def address(self) -> bytes:
+        """The address it advertises."""
+        return self.claimed.address
+
+    @property
+    def checksum_address(self) -> str:
+        """The EIP-55 form of the address it advertises."""
+        return self.claimed.checksum_address
+
+    def sign(self, msg: bytes) -> bytes:
+        """Signed with the other key."""
+        return self.actual.sign(msg)
+
+    def sign_hash(self, payload: bytes) -> bytes:
+        """Signed with the other key."""
+        return self.actual.sign_hash(payload)
+
+    def verify(self, address: str | bytes, msg: bytes, sig: bytes) -> None:
+        """As any node checks others."""
+        self.claimed.verify(address, msg, sig)
+
+    def verify_hash(self, address: str | bytes, payload: bytes, sig: bytes) -> None:
+        """As any node checks others."""
+        self.claimed.verify_hash(address, payload, sig)
+
+
+def test_onchain_orchestrator_results_are_checked_against_its_signature(
+        tmp_path: Path, media: dict[str, list[Segment]]) -> None:
+    async def main() -> None:
+        orchestrator = Signer(b"\x44" * 32)
+        # On-chain and honest: its signature covers the renditions fetched, they are published.
+        async with _harness(tmp_path / "honest", signer=orchestrator) as h:
+            info = h.pool.records[h.node.url].info
+            assert info is not None and info.address == orchestrator.address
+            for seg in media["video"]:
+                h.hub.publish(_as(seg, "cam"))
+            await _drain(h, {"cam"})
+            assert sorted(h.outputs) == [("cam", 0), ("cam", 1)]
+            assert h.pool.records[h.node.url].failures == 0
+        # It advertises one address and signs with another key: its renditions are not accepted,
+        # and that is its failure (suspended), not the stream's.
+        async with _harness(tmp_path / "impostor", signer=Impostor(orchestrator, Signer(b"\x55" * 32))) as h:
+            h.hub.publish(_as(media["video"][0], "cam"))
+            await _drain(h, {"cam"})
+            assert not h.outputs and h.dispatcher.lost == 1 and h.dispatcher.rejected == 0
+            record = h.pool.records[h.node.url]
+            assert record.failures == 1 and record.suspended(time.monotonic())
+            assert h.node.service is not None and h.node.service.state.segments == 1, "it did transcode"
+            error = h.dispatcher.stream_error("cam") or ""
+            assert f"renditions not signed by {orchestrator.checksum_address}" in error, error
+            assert record.last_error == error
+            assert issubclass(BadRenditionSignature, OrchestratorError), "charged like any failure of its own"
 
     asyncio.run(main())
 

@@ -233,6 +233,9 @@ def test_metrics_and_health(gateway: RunningGateway) -> None:
               if line and not line.startswith("#")}
     assert values['streamgw_segments_total{rendition="source"}'] == 2
     assert values["streamgw_ingest_bytes_total"] > 100_000
+    assert values["streamgw_ingest_bytes_total"] == gw.get("/api/streams/met").json()["bytes_in"]
+    assert values['streamgw_hub_dropped_events_total{subscriber="hls"}'] == 0
+    assert values['streamgw_segmenter_events_total{what="retimed_packets"}'] == 0
     assert values["streamgw_segmenter_latency_seconds_count"] == 2
     assert values["streamgw_streams"] == 0
     health = gw.get("/healthz").json()

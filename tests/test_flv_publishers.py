@@ -314,3 +314,16 @@ def test_the_tail_of_a_dropped_rtmp_stream_reaches_the_playlist(gateway_factory:
     segments = _segments_of(gw, "cam")
     assert "no keyframe for 3.0 s" in (gw.get("/api/streams/cam").json()["last_error"] or "")
     assert sum(probe_segment(s).video_frames for s in segments) == _pictures(tags)
+
+
+def test_what_the_segmenter_fixed_is_counted_in_metrics(gateway: RunningGateway, source: list[Tag]) -> None:
+    tags = list(source)
+    pictures = [i for i, t in enumerate(tags) if _is_picture(t)]
+    for i in pictures[10:40:10]:
+        prev = max(j for j in pictures if j < i)
+        tags[i] = (tags[i][0], tags[prev][1], tags[i][2])
+    _publish_tags(gateway, "dup", tags)
+    _segments_of(gateway, "dup")
+    line = next(x for x in gateway.get("/metrics").text.splitlines()
+                if x.startswith('streamgw_segmenter_events_total{what="retimed_packets"}'))
+    assert float(line.split()[1]) == 3

@@ -73,6 +73,7 @@ def test_golive_publishes_and_plays_itself_back(gateway: RunningGateway, browser
     wait_until(lambda: gw.get("/api/streams/golive1").json().get("segments", 0) >= 1, 20, describe)
     info = gw.get("/api/streams/golive1").json()
     assert info["publisher"].startswith("whip:") and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["whip_video"] == "copy", info  # Chromium publishes H.264: copied
 
     # WHEP: the page plays itself back; the video element advances and decodes frames.
     wait_until(lambda: state()["whepReady"] >= 2 and state()["whepTime"] > 0, 20, describe)

@@ -68,6 +68,7 @@ def test_golive_in_firefox_publishes_and_plays_itself_back(gateway: RunningGatew
     wait_until(lambda: gw.get("/api/streams/golivefx").json().get("segments", 0) >= 1, 20, describe)
     info = gw.get("/api/streams/golivefx").json()
     assert info["publisher"].startswith("whip:") and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["whip_video"] == "transcode", info  # Firefox publishes VP8: decoded and re-encoded
     assert state()["sent"]["codec"] == "video/VP8", describe()
 
     # WHEP: the page plays itself back in VP8 from the relay's one VP8 encoder.

@@ -84,16 +84,17 @@ def test_master_playlist() -> None:
 def test_hub_drops_oldest_for_a_slow_subscriber() -> None:
     async def main() -> None:
         hub = Hub()
-        slow = hub.subscribe(maxsize=2)
-        fast = hub.subscribe(maxsize=10)
+        slow = hub.subscribe(maxsize=2, name="whep")
+        fast = hub.subscribe(maxsize=10, name="hls")
         for i in range(5):
             hub.publish(seg(i))
         assert slow.dropped == 3 and fast.dropped == 0
+        assert hub.dropped == {"whep": 3, "hls": 0}  # what /metrics shows per subscriber
         got = [await slow.get(), await slow.get()]
         assert [s.seq for s in got if isinstance(s, Segment)] == [3, 4]
         assert [(await fast.get()).seq for _ in range(5)] == [0, 1, 2, 3, 4]  # type: ignore[union-attr]
         slow.close()
         hub.publish(seg(9))
-        assert slow.dropped == 3
+        assert slow.dropped == 3 and hub.dropped["whep"] == 3
 
     asyncio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,7 @@ from streamgw.livepeer.segdata import (
     sign_renditions,
     transcode_result,
     verify_orchestrator_request,
+    verify_rendition_hashes,
     verify_renditions,
     verify_segment_credentials,
 )
@@ -801,6 +803,28 @@ def test_result_signer_falls_back_to_ticket_recipient() -> None:
     assert result_signer_address(info) == ORCH.address
     info.address = b""
     assert result_signer_address(info) == GATEWAY.address
+
+
+def test_result_signatures_are_checked_only_for_onchain_orchestrators() -> None:
+    """Who must sign a result, from the OrchestratorInfo vectors; the signed result vector checks by hashes."""
+    vectors = Path(__file__).resolve().parent / "vectors" / "livepeer"
+    infos = {v["name"]: pb.OrchestratorInfo.FromString(base64.b64decode(v["expected"]["message_b64"]))
+             for v in json.loads((vectors / "orchinfo.json").read_text()) if v["kind"] == "orchestrator_info"}
+    assert result_signer_address(infos["info_offchain"]) == ZERO_ADDRESS, "offchain: results unsigned"
+    assert result_signer_address(infos["info_onchain_transcoder"]) != ZERO_ADDRESS
+    case = next(v for v in json.loads((vectors / "transcoderesult.json").read_text())
+                if v["name"] == "data_3_renditions_with_info")
+    wire = pb.TranscodeResult.FromString(base64.b64decode(case["expected"]["message_b64"]))
+    bodies = [bytes.fromhex(r["body_hex"]) for r in case["inputs"]["renditions"]]
+    signer = result_signer_address(wire.info)
+    assert signer == Signer(bytes.fromhex(case["inputs"]["signer_private_key_hex"])).address
+    verify_rendition_hashes(signer, [keccak256(b) for b in bodies], wire.data.sig)
+    with pytest.raises(SignatureError):
+        verify_rendition_hashes(signer, [keccak256(b) for b in bodies[:2]], wire.data.sig)
+    with pytest.raises(SignatureError):  # signed, but not by the orchestrator the info names
+        verify_rendition_hashes(GATEWAY.address, [keccak256(b) for b in bodies], wire.data.sig)
+    with pytest.raises(SignatureError, match="length"):
+        verify_rendition_hashes(signer, [keccak256(b) for b in bodies], b"")
 
 
 def test_orchestrator_request_onchain_and_offchain() -> None:

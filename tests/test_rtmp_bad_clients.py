@@ -56,7 +56,7 @@ class Live:
         return self.gw.rtmp_port
 
     def segments(self) -> int:
-        stream = self.gw.node.ingest.streams.get(GOOD)
+        stream = self.gw.node.publishers.streams.get(GOOD)
         return stream.segments if stream is not None else 0
 
     def protocol_errors(self) -> int:
@@ -123,7 +123,7 @@ def assert_no_harm(live: Live, before: int, started: float) -> None:
     gw.wait_for(lambda: live.segments() >= before + 2, 10, "two more segments of the good stream")
     assert live.segments() >= before + int(elapsed / SEGMENT / 2) - 2, (live.segments(), before, elapsed)
     assert live.proc.poll() is None, f"the good publisher exited: {live.proc.communicate()[1]}"
-    stream = gw.node.ingest.streams[GOOD]
+    stream = gw.node.publishers.streams[GOOD]
     assert stream.state is StreamState.LIVE and stream.reconnects == 0 and stream.last_error is None
     text = gw.get(f"/stream/{GOOD}/source.m3u8").text
     seqs = _playlist_seqs(text)
@@ -171,7 +171,7 @@ def _published(port: int, name: str) -> RtmpClient:
 
 
 def _ended(gw: RunningGateway, name: str) -> bool:
-    stream = gw.node.ingest.streams.get(name)
+    stream = gw.node.publishers.streams.get(name)
     return stream is not None and stream.state is StreamState.ENDED
 
 
@@ -389,17 +389,17 @@ def test_invalid_stream_name_gets_bad_name(good: Live, name: str) -> None:
     assert client.publish(name) == "NetStream.Publish.BadName"
     assert client.wait_closed(5)
     client.close()
-    assert name not in good.gw.node.ingest.streams
+    assert name not in good.gw.node.publishers.streams
 
 
 def test_second_publisher_to_a_live_name_gets_bad_name(good: Live) -> None:
-    stream = good.gw.node.ingest.streams[GOOD]
+    stream = good.gw.node.publishers.streams[GOOD]
     first, bytes_in = stream.publisher, stream.bytes_in
     client = open_client(good.port)
     assert client.publish(GOOD) == "NetStream.Publish.BadName"
     assert client.wait_closed(5)
     client.close()
-    assert good.gw.node.ingest.streams[GOOD] is stream and stream.publisher == first
+    assert good.gw.node.publishers.streams[GOOD] is stream and stream.publisher == first
     good.gw.wait_for(lambda: stream.bytes_in > bytes_in + 10_000, 5, "the first publisher goes on")
 
 
@@ -442,7 +442,7 @@ def test_rtmpclient_publishes_at_any_chunk_size(
     client.delete_stream()
     good.gw.wait_for(lambda: _ended(good.gw, name), 20, f"{name} ended")
     client.close()
-    stream = good.gw.node.ingest.streams[name]
+    stream = good.gw.node.publishers.streams[name]
     assert stream.last_error is None
     assert stream.segments == 3 and abs(stream.media_seconds - 3.0) < 0.05, (stream.segments, stream.media_seconds)
     assert stream.info is not None and (stream.info.width, stream.info.height) == (320, 180)

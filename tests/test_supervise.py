@@ -14,7 +14,7 @@ import pytest
 from streamgw.api.app import create_app
 from streamgw.errors import StreamgwError
 from streamgw.gateway.hub import Hub
-from streamgw.gateway.ingest import Ingest, IngestSettings
+from streamgw.gateway.publishers import Publishers, PublisherSettings
 from streamgw.metrics import Metrics
 from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings, QuietShutdown
 from streamgw.output.hls import HlsOutput
@@ -193,7 +193,7 @@ class AllFine:
 
 
 def _healthz(source: object) -> dict[str, object]:
-    app = create_app(Ingest(Hub(), IngestSettings()), HlsOutput(), Metrics(), WEB, health=source)  # type: ignore[arg-type]
+    app = create_app(Publishers(Hub(), PublisherSettings()), HlsOutput(), Metrics(), WEB, health=source)  # type: ignore[arg-type]
 
     async def get() -> dict[str, object]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as client:

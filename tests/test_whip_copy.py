@@ -13,7 +13,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamgw.ingest.webrtc import _AccessUnit, _FrameQueue, _Item
+from streamgw.media.whip_muxer import AccessUnit, FrameQueue, QueuedFrame
 from tests.conftest import RunningGateway
 from tests.test_whip_whep import Tone, _delete, _post, connect, hls_segments, publisher_offer, run
 
@@ -63,23 +63,31 @@ class Packets(MediaStreamTrack):
 
 
 def publish_packets(gw: RunningGateway, name: str, packets: list[tuple[bytes, int]], seconds: float
-                    ) -> Any:
+                    ) -> tuple[Any, list[str]]:
     """Publish ``packets`` (+ a tone) over WHIP for ``seconds``, then DELETE and wait for the
-    stream to end; returns the session's encoder, whose counters are then final."""
+    stream to end; returns the session's encoder, whose counters are then final, and the video
+    modes ``/api/streams`` showed meanwhile (in order, each once)."""
     seen: list[Any] = []
+    modes: list[str] = []
 
     async def scenario() -> None:
         pc = await publisher_offer(Packets(packets), Tone())
         r = await _post(gw.http + f"/whip/{name}", pc.localDescription.sdp)
         await connect(pc, r)
-        await asyncio.sleep(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            mode = (await asyncio.to_thread(gw.get, f"/api/streams/{name}")).json()["whip_video"]
+            if not modes or modes[-1] != mode:
+                modes.append(mode)
+            await asyncio.sleep(0.05)
         seen.append(await asyncio.to_thread(gw.call, lambda: next(iter(gw.node.whip.sessions.values())).encoder))
         assert (await _delete(gw.http + r.headers["location"])).status_code == 200
         await pc.close()
 
     run(scenario())
     gw.wait_for(lambda: gw.get(f"/api/streams/{name}").json()["state"] == "ended", 10, "the stream to end")
-    return seen[0]
+    assert gw.get(f"/api/streams/{name}").json()["whip_video"] is None  # no WHIP session any more
+    return seen[0], modes
 
 
 def test_b_frames_switch_the_publisher_to_decoding(gateway_factory: Callable[..., RunningGateway]) -> None:
@@ -87,8 +95,9 @@ def test_b_frames_switch_the_publisher_to_decoding(gateway_factory: Callable[...
     gw = gateway_factory(whip_video="copy")
     packets = encoded(150, bf="2", profile="main")
     assert any(b[1] < a[1] for a, b in zip(packets, packets[1:], strict=False)), "the clip has no B-frames"
-    enc = publish_packets(gw, "bframes", packets, 5.5)
-    assert enc._copy_off and enc.copied < 5 and enc.frames > 60, vars(enc)
+    enc, modes = publish_packets(gw, "bframes", packets, 5.5)
+    assert modes in (["copy", "transcode"], ["transcode"]), modes
+    assert enc.copied < 5 and enc.frames > 60, vars(enc)
     segments = hls_segments(gw, "bframes")
     assert segments
     pts: list[int] = []
@@ -104,21 +113,21 @@ def test_b_frames_switch_the_publisher_to_decoding(gateway_factory: Callable[...
 
 def test_frame_queue_drops_copied_video_until_the_next_idr() -> None:
     gaps: list[int] = []
-    q = _FrameQueue(2, on_video_gap=lambda: gaps.append(1))
+    q = FrameQueue(2, on_video_gap=lambda: gaps.append(1))
 
-    def au(n: int, key: bool = False) -> _Item:
-        return _Item("h264", _AccessUnit(b"\x00\x00\x01" + bytes([0x65 if key else 0x41, n]), n * 3000, key), 0.0)
+    def au(n: int, key: bool = False) -> QueuedFrame:
+        return QueuedFrame("h264", AccessUnit(b"\x00\x00\x01" + bytes([0x65 if key else 0x41, n]), n * 3000, key), 0.0)
 
     q.put(au(0, key=True))
     q.put(au(1))
     q.put(au(2))  # full: dropped, and everything up to the next IDR with it
-    q.put(_Item("audio", object(), 0.0))  # full: dropped, no gap for audio
+    q.put(QueuedFrame("audio", object(), 0.0))  # full: dropped, no gap for audio
     assert q.get() == au(0, key=True)
     q.put(au(3))  # room again, but 2 is gone: 3 cannot decode
-    q.put(_Item("audio", "a", 0.0))  # audio still flows
+    q.put(QueuedFrame("audio", "a", 0.0))  # audio still flows
     assert q.get() == au(1)
     q.put(au(4, key=True))  # the next IDR: video flows again
-    assert q.get() == _Item("audio", "a", 0.0)
+    assert q.get() == QueuedFrame("audio", "a", 0.0)
     q.put(au(5))
     assert [q.get(), q.get()] == [au(4, key=True), au(5)]
     assert gaps == [1] and q.dropped == 3
@@ -131,9 +140,10 @@ def test_a_publisher_that_ignores_keyframe_requests_is_re_encoded_from_its_next_
     """A sender with a 5 s GOP that ignores PLI: copied until its next IDR, then re-encoded at 2 s."""
     gw = gateway_factory(whip_video="copy")
     packets = encoded(270, g="150", keyint_min="150", sc_threshold="0", bf="0")  # 9 s, IDRs at 0 and 5 s
-    enc = publish_packets(gw, "longgop", packets, 8.5)
+    enc, modes = publish_packets(gw, "longgop", packets, 8.5)
     # Copied up to the IDR at 5 s (150 pictures), encoded after it.
-    assert enc.decoding_asked and 140 <= enc.copied <= 150 and enc.frames > enc.copied + 60, vars(enc)
+    assert modes == ["copy", "copy-until-idr", "transcode"], modes
+    assert 140 <= enc.copied <= 150 and enc.frames > enc.copied + 60, vars(enc)
     playlist = gw.get("/stream/longgop/source.m3u8").text
     durations = [float(x.split(":")[1].rstrip(",")) for x in playlist.splitlines() if x.startswith("#EXTINF")]
     # The publisher's own 5 s GOP, then at most 2 s: the gateway's GOP.

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import fractions
 import io
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,22 +19,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamgw.config import load_settings
 from streamgw.errors import ConfigError
-from streamgw.ingest.webrtc import (
-    IceSettings,
-    gather_candidates,
-    new_peer_connection,
-    offered_media,
-    parse_ice_addresses,
-)
-from streamgw.output.whep import (
-    WhepOutput,
-    WhepSettings,
-    _Backlog,
-    _Relay,
-    _ViewerQueue,
-    _Vp8Encoder,
-)
+from streamgw.media.rtc import RtcPacket
+from streamgw.media.vp8 import Backlog, Vp8Encoder, Vp8Settings
+from streamgw.output.whep import WhepOutput, WhepSettings, _Relay, _ViewerQueue
+from streamgw.webrtc import IceSettings, gather_candidates, new_peer_connection, offered_media, parse_ice_addresses
 from tests.conftest import RunningGateway, start_publish
+from tests.harness import Tone
 
 LOOPBACK = IceSettings()  # host candidates on 127.0.0.1 only, no STUN
 
@@ -70,33 +59,6 @@ class Pattern(MediaStreamTrack):
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = self.n * 3000
         frame.time_base = fractions.Fraction(1, 90000)
-        self.n += 1
-        return frame
-
-
-class Tone(MediaStreamTrack):
-    """A 440 Hz sine, 20 ms stereo frames at 48 kHz."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-        self._start = 0.0
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.n == 0:
-            self._start = time.time()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self.n * 0.02 - time.time()))
-        t = (np.arange(960) + self.n * 960) / 48000
-        wave = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(wave, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = 48000
-        frame.pts = self.n * 960
-        frame.time_base = fractions.Fraction(1, 48000)
         self.n += 1
         return frame
 
@@ -243,6 +205,7 @@ def test_whip_publish_becomes_hls_with_video_and_audio(gateway_factory: Callable
         assert stream["video_codec"] == "h264" and stream["audio_codec"] == "aac"
         assert (stream["width"], stream["height"]) == (480, 360), stream  # the size now
         assert abs(stream["fps"] - 30) < 1.5, stream  # counted, not FFmpeg's guess from TS (60)
+        assert stream["whip_video"] == mode, stream  # H.264 copied, or re-encoded as configured
         seen.update(await asyncio.to_thread(gw.call, encoder_counts))
         assert (await _delete(gw.http + location)).status_code == 200
         assert (await _delete(gw.http + location)).status_code == 404
@@ -340,7 +303,7 @@ def test_whep_viewer_of_an_rtmp_stream(gateway: RunningGateway, b_frames: bool, 
             # One relay for the stream, fed from segments; it re-encodes only for B-frames.
             relays = await asyncio.to_thread(gw.call, lambda: dict(gw.node.whep.relays))
             relay = relays[("rtmp1", "source")]
-            assert relay.feeder is not None and relay.feeder._worker.reencode == b_frames
+            assert relay.feeder is not None and relay.feeder.reencoding == b_frames
             assert (relay.vp8 is not None) == vp8
             await v.close()
 
@@ -423,7 +386,7 @@ def test_vp8_encoder_keyframes_backlog_and_stop() -> None:
     async def scenario() -> None:
         out: list[tuple[bytes, int, bool]] = []
         source_requests: list[int] = []
-        encoder = _Vp8Encoder("test-vp8", WhepSettings(vp8_backlog=10, keyframe_interval=0.2),
+        encoder = Vp8Encoder("test-vp8", Vp8Settings(backlog=10, keyframe_interval=0.2),
                               lambda *a: out.append(a), lambda: source_requests.append(1))
         assert source_requests  # it starts by asking the source for an IDR
         encoder.feed(*h264[1])  # not a keyframe: dropped, it waits for one
@@ -463,7 +426,7 @@ def test_vp8_encoder_keyframes_backlog_and_stop() -> None:
 
 
 def test_vp8_backlog_drops_to_the_next_keyframe() -> None:
-    backlog = _Backlog(maxsize=4)
+    backlog = Backlog(maxsize=4)
     assert not backlog.put(b"p", 0, False) and backlog.dropped == 1  # waits for a keyframe first
     assert not backlog.put(b"k", 1, True)
     assert not any(backlog.put(b"p", pts, False) for pts in range(2, 5))
@@ -496,12 +459,10 @@ def test_slow_viewer_drops_and_never_slows_the_others() -> None:
             for q in v.queues.values():
                 q.started = True
         received = []
-        from streamgw.output.whep import _Out
-
         for i in range(300):
-            relay.publish(_Out("video", b"\x00\x00\x00\x01\x65", i * 3000, i % 60 == 0,
+            relay.publish(RtcPacket("video", b"\x00\x00\x00\x01\x65", i * 3000, i % 60 == 0,
                                fractions.Fraction(i, 30)))
-            relay.publish(_Out("audio", b"\xfc", i * 960, True, fractions.Fraction(i, 50)))
+            relay.publish(RtcPacket("audio", b"\xfc", i * 960, True, fractions.Fraction(i, 50)))
             received.append(await fast.queues["video"].get())  # the fast one keeps up
             await fast.queues["audio"].get()
         assert len(received) == 300 and fast.queues["video"].dropped == 0
@@ -659,22 +620,22 @@ def test_ice_servers_setting() -> None:
 
 def test_audio_parameters_come_before_a_large_first_picture() -> None:
     """The segmenter probes 32 KiB: a 720p IDR alone fills that, so AAC must be muxed ahead of it."""
-    from streamgw.ingest.webrtc import WhipSettings, _FrameQueue, _Item, _TsEncoder
+    from streamgw.media.whip_muxer import FrameQueue, QueuedFrame, WhipEncoding, WhipMuxer
 
     buf = io.BytesIO()
-    encoder = _TsEncoder(WhipSettings(), True, True, write=buf.write, tee_video=lambda *a: None,
-                         tee_audio=lambda *a: None, tee_active=lambda: False)
-    frames = _FrameQueue(1000)
+    encoder = WhipMuxer(WhipEncoding(), True, True, write=buf.write, tee_video=lambda *a: None,
+                        tee_audio=lambda *a: None, tee_active=lambda: False)
+    frames = FrameQueue(1000)
     t0 = time.monotonic()
     rng = np.random.default_rng(1)
     for i in range(20):  # noise: the IDR is far over 32 KiB; the audio arrives 0.3 s late
         frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (720, 1280, 3), np.uint8), format="rgb24")
         frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
-        frames.put(_Item("video", frame, t0 + i / 30))
+        frames.put(QueuedFrame("video", frame, t0 + i / 30))
     for i in range(10):
         audio = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
         audio.sample_rate, audio.pts, audio.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
-        frames.put(_Item("audio", audio, t0 + 0.3 + i / 50))
+        frames.put(QueuedFrame("audio", audio, t0 + 0.3 + i / 50))
     frames.close()
     encoder.run(frames)
     data = buf.getvalue()

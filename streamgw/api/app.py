@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from streamgw import __version__
 from streamgw.gateway.dispatcher import Dispatcher
-from streamgw.gateway.ingest import Ingest
+from streamgw.gateway.publishers import Publishers
 from streamgw.gateway.streams import LiveStream
 from streamgw.livepeer.capabilities import bitstring_ids
 from streamgw.livepeer.profiles import VideoProfile
@@ -70,6 +70,7 @@ class StreamView(BaseModel):
     keyframe_interval: float | None  # seconds: the longest of the last 8 intervals between keyframes
     browser_playable: bool  # browsers can play the source as published (else: a rendition)
     warnings: list[str]  # what is wrong with the published stream for its viewers, in words
+    whip_video: str | None  # a WHIP publisher's video: copy, copy-until-idr or transcode (None: not WHIP)
 
 
 class OrchestratorView(BaseModel):
@@ -127,7 +128,8 @@ class HealthSource(Protocol):
     def statuses(self) -> list[TaskStatus]: ...
 
 
-def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = None) -> StreamView:
+def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = None,
+          whip_video: Callable[[str], str | None] | None = None) -> StreamView:
     info = stream.info
     return StreamView(
         name=stream.name,
@@ -155,6 +157,7 @@ def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = No
         keyframe_interval=info.keyframe_interval if info else None,
         browser_playable=stream.browser_playable,
         warnings=stream.warnings,
+        whip_video=whip_video(stream.name) if whip_video else None,
     )
 
 
@@ -170,16 +173,18 @@ def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: Liv
     return Variant(profile.name, rp.bandwidth or profile.bitrate, ",".join(codecs), width, height, fps)
 
 
-def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
+def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir: Path,
                profiles: list[VideoProfile] | None = None,
                dispatcher: Dispatcher | None = None,
                routers: Sequence[APIRouter] = (),
                health: HealthSource | None = None,
-               rtmp_address: Callable[[], tuple[str, int]] | None = None) -> FastAPI:
+               rtmp_address: Callable[[], tuple[str, int]] | None = None,
+               whip_video: Callable[[str], str | None] | None = None) -> FastAPI:
     """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP).
 
     ``health`` gives the background tasks ``/healthz`` reports; ``rtmp_address`` the RTMP host as
-    configured and the port bound, for the page's publish instructions (``/api/info``).
+    configured and the port bound, for the page's publish instructions (``/api/info``);
+    ``whip_video`` what a stream's WHIP session does with its video (``WhipServer.video_mode``).
     """
     by_name = {p.name: p for p in profiles or []}
     started = time.monotonic()
@@ -201,7 +206,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
         tasks = [TaskView(name=t.name, state=t.state.value, restarts=t.restarts, failures=t.failures,
                           last_error=t.last_error, last_failure_ago=t.last_failure_ago) for t in statuses]
         return Health(status="ok" if all(t.healthy for t in statuses) else "degraded", version=__version__,
-                      streams=len(ingest.live_streams()), uptime=round(time.monotonic() - started, 3),
+                      streams=len(publishers.live_streams()), uptime=round(time.monotonic() - started, 3),
                       tasks=tasks)
 
     @app.get("/api/info", response_model=Info, tags=["ops"])
@@ -219,15 +224,15 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
     @app.get("/api/streams", response_model=list[StreamView], tags=["streams"])
     async def list_streams() -> list[StreamView]:
         """Every live (or reconnecting) stream."""
-        return [_view(s, hls, dispatcher) for s in sorted(ingest.live_streams(), key=lambda s: s.name)]
+        return [_view(s, hls, dispatcher, whip_video) for s in sorted(publishers.live_streams(), key=lambda s: s.name)]
 
     @app.get("/api/streams/{name}", response_model=StreamView, tags=["streams"])
     async def get_stream(name: str) -> StreamView:
         """One stream, including a recently ended one."""
-        stream = ingest.streams.get(name)
+        stream = publishers.streams.get(name)
         if stream is None:
             raise HTTPException(404, f"no stream {name!r}")
-        return _view(stream, hls, dispatcher)
+        return _view(stream, hls, dispatcher, whip_video)
 
     @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
     async def list_orchestrators() -> list[OrchestratorView]:
@@ -256,7 +261,7 @@ def create_app(ingest: Ingest, hls: HlsOutput, metrics: Metrics, web_dir: Path,
     @app.head("/stream/{name}.m3u8", include_in_schema=False)
     async def master(name: str) -> Response:
         """The master playlist of a stream: one variant per rendition."""
-        stream = ingest.streams.get(name)
+        stream = publishers.streams.get(name)
         renditions = hls.renditions(name)
         if stream is None or not renditions:
             raise HTTPException(404, f"no stream {name!r}")

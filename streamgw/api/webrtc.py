@@ -17,9 +17,9 @@ from typing import Protocol
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from streamgw.errors import BadStreamName, CapacityError, ProtocolError, StreamBusy
+from streamgw.webrtc.sdp import MAX_OFFER_BYTES
 
 SDP_TYPE = "application/sdp"
-MAX_OFFER_BYTES = 64 * 1024
 
 
 class WhipEndpoint(Protocol):

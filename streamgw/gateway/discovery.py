@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import httpx
 
-from streamgw.errors import OrchestratorError, StreamgwError
+from streamgw.errors import StreamgwError
 from streamgw.gateway.selection import Candidate
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import Capabilities, Capability
@@ -192,7 +192,8 @@ class OrchestratorPool:
         r = self.records[url]
         info = r.info
         if info is None or info.auth_token.expiration - time.time() < REFRESH_MARGIN:
-            info = await asyncio.wait_for(r.client.get_orchestrator(self.job), self.discovery_timeout)
+            # The client bounds it: past the timeout, OrchestratorUnavailable.
+            info = await r.client.get_orchestrator(self.job, timeout=self.discovery_timeout)
             r.info = info
         return info
 
@@ -212,11 +213,7 @@ class OrchestratorPool:
                 record.last_error = str(result) or type(result).__name__
 
     async def _refresh_one(self, record: OrchestratorRecord) -> None:
-        try:
-            record.info = await asyncio.wait_for(record.client.get_orchestrator(self.job), self.discovery_timeout)
-        except TimeoutError as exc:
-            raise OrchestratorError(f"{record.url}: no GetOrchestrator answer within "
-                                    f"{self.discovery_timeout:.0f} s") from exc
+        record.info = await record.client.get_orchestrator(self.job, timeout=self.discovery_timeout)
 
     async def _read_webhook(self) -> None:
         try:

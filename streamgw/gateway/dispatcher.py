@@ -6,8 +6,9 @@ segment has a deadline scaled by its duration (go-livepeer: whole call within
 max(8 s, 4 x duration)). Each failure is charged to whoever caused it, by exception type:
 
 * the orchestrator's fault (:class:`OrchestratorError`: timeout, connection error, HTTP error,
-  a failed result, missing renditions) suspends it, and the segment is retried on another while
-  its deadline allows;
+  a failed result, missing renditions, or, from an on-chain orchestrator, renditions its signature
+  does not cover: :class:`BadRenditionSignature`) suspends it, and the segment is retried on
+  another while its deadline allows;
 * busy (:class:`OrchestratorBusy`): no suspension; another is tried, and when every one is full
   (it refused, or holds as many of this gateway's segments as its advertised capacity) the
   segment waits for capacity (the oldest waiter is woken when one of this gateway's attempts
@@ -31,15 +32,30 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streamgw.errors import OrchestratorBusy, OrchestratorError, SegmentRejected, StreamgwError
+from streamgw.errors import (
+    BadRenditionSignature,
+    OrchestratorBusy,
+    OrchestratorError,
+    SegmentRejected,
+    SignatureError,
+    StreamgwError,
+)
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.hub import Hub, StreamEnded, Subscription
 from streamgw.gateway.selection import SelectionPolicy, select
+from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import job_capabilities
 from streamgw.livepeer.client import segment_deadlines
 from streamgw.livepeer.profiles import VideoProfile
-from streamgw.livepeer.segdata import AuthToken, SegMetadata, duration_ms, result_renditions
-from streamgw.livepeer.signing import keccak256_off_loop
+from streamgw.livepeer.segdata import (
+    AuthToken,
+    SegMetadata,
+    duration_ms,
+    result_renditions,
+    result_signer_address,
+    verify_rendition_hashes,
+)
+from streamgw.livepeer.signing import ZERO_ADDRESS, checksum_address, keccak256_off_loop
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
@@ -79,7 +95,9 @@ class DispatchObserver:
 
 
 @dataclass(slots=True)
-class _StreamState:
+class _DispatchedStream:
+    """What the dispatcher holds per stream: its in-flight slots and reassembly state."""
+
     stream_id: str
     slots: asyncio.Semaphore
     next_seq: int | None = None
@@ -113,7 +131,7 @@ class Dispatcher:
         self.observer = observer or DispatchObserver()
         self.rng = rng or random.Random()
         self.has_video: HasVideo = has_video or (lambda _: None)
-        self.streams: dict[str, _StreamState] = {}
+        self.streams: dict[str, _DispatchedStream] = {}
         self.lost = 0
         self.late = 0
         self.given_up = 0
@@ -144,7 +162,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _track(self, state: _StreamState, coro: Coroutine[Any, Any, None]) -> None:
+    def _track(self, state: _DispatchedStream, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
@@ -152,7 +170,7 @@ class Dispatcher:
     def _submit(self, segment: Segment) -> None:
         state = self.streams.get(segment.stream_id)
         if state is None or state.ended:
-            state = _StreamState(segment.stream_id, asyncio.Semaphore(self.settings.max_in_flight))
+            state = _DispatchedStream(segment.stream_id, asyncio.Semaphore(self.settings.max_in_flight))
             self.streams[segment.stream_id] = state
         if self.has_video(segment.stream_id) is False:
             # Nothing to transcode: the source plays alone, and the API says why.
@@ -168,7 +186,7 @@ class Dispatcher:
             state.next_seq = segment.seq
         self._track(state, self._segment(state, segment, time.monotonic()))
 
-    async def _segment(self, state: _StreamState, segment: Segment, cut_at: float) -> None:
+    async def _segment(self, state: _DispatchedStream, segment: Segment, cut_at: float) -> None:
         if state.waiting >= self.settings.max_backlog:
             # Too far behind: give this segment up rather than grow the backlog.
             self.given_up += 1
@@ -188,7 +206,7 @@ class Dispatcher:
             state.slots.release()
         self._complete(state, segment, outputs, error, cut_at)
 
-    def _complete(self, state: _StreamState, segment: Segment, outputs: list[bytes] | None,
+    def _complete(self, state: _DispatchedStream, segment: Segment, outputs: list[bytes] | None,
                   error: str | None, cut_at: float) -> None:
         state.done[segment.seq] = (segment, outputs)
         self.observer.on_transcoded(outputs is not None, time.monotonic() - cut_at)
@@ -201,12 +219,12 @@ class Dispatcher:
             state.last_error = None
         self._flush(state)
 
-    def _segment_rejected(self, state: _StreamState, segment: Segment, error: str, cut_at: float) -> None:
+    def _segment_rejected(self, state: _DispatchedStream, segment: Segment, error: str, cut_at: float) -> None:
         """The segment's own fault: counted against its stream, not the orchestrator."""
         self.rejected += 1
         self._complete(state, segment, None, f"segment {segment.seq} cannot be transcoded: {error}", cut_at)
 
-    def _flush(self, state: _StreamState) -> None:
+    def _flush(self, state: _DispatchedStream) -> None:
         """Publish finished segments in seq order; a lost one leaves a gap."""
         while state.next_seq is not None and state.next_seq in state.done:
             segment, outputs = state.done.pop(state.next_seq)
@@ -220,7 +238,7 @@ class Dispatcher:
                 self.hub.publish(Segment(segment.stream_id, segment.seq, profile.name, segment.start_pts,
                                          segment.duration, segment.time_base, data, discontinuity))
 
-    async def _finish(self, state: _StreamState) -> None:
+    async def _finish(self, state: _DispatchedStream) -> None:
         """After the source ends: wait for segments in flight, then end every rendition."""
         state.ended = True
         current = asyncio.current_task()
@@ -379,8 +397,25 @@ class Dispatcher:
         if len(renditions) != len(self.profiles):
             raise OrchestratorError(f"{url}: {len(renditions)} renditions for {len(self.profiles)} profiles")
         _, total = segment_deadlines(segment.duration_seconds)
-        return list(await asyncio.gather(*(client.download(r.url, total) for r in renditions)))
+        outputs = list(await asyncio.gather(*(client.download(r.url, total) for r in renditions)))
+        await _check_signature(url, info, outputs, answer.result.data.sig)
+        return outputs
 
     async def close(self) -> None:
         """Close the orchestrator connections."""
         await self.pool.close()
+
+
+async def _check_signature(url: str, info: pb.OrchestratorInfo, outputs: Sequence[bytes], sig: bytes) -> None:
+    """An on-chain orchestrator's results carry its signature over the renditions; offchain ones none.
+
+    Raises :class:`BadRenditionSignature` when the renditions fetched are not the ones it signed.
+    """
+    address = result_signer_address(info)
+    if address == ZERO_ADDRESS:
+        return
+    hashes = await asyncio.gather(*(keccak256_off_loop(o) for o in outputs))
+    try:
+        verify_rendition_hashes(address, hashes, sig)
+    except SignatureError as exc:
+        raise BadRenditionSignature(f"{url}: renditions not signed by {checksum_address(address)}: {exc}") from exc

@@ -28,18 +28,20 @@ Event = Union[Segment, StreamEnded]
 class Subscription:
     """A bounded queue of events for one consumer; when full, the oldest event is dropped."""
 
-    def __init__(self, hub: Hub, maxsize: int) -> None:
+    def __init__(self, hub: Hub, maxsize: int, name: str) -> None:
         self._hub = hub
         self._items: collections.deque[Event] = collections.deque()
         self._maxsize = maxsize
         self._ready = asyncio.Event()
+        self.name = name
         self.dropped = 0
 
     def put(self, event: Event) -> None:
-        """Queue ``event``, dropping (and counting) the oldest if full."""
+        """Queue ``event``, dropping (and counting, here and in the hub's ``dropped``) the oldest if full."""
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self.dropped += 1
+            self._hub.dropped[self.name] += 1
         self._items.append(event)
         self._ready.set()
 
@@ -60,10 +62,12 @@ class Hub:
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self.dropped: collections.Counter[str] = collections.Counter()  # events dropped, by subscriber name
 
-    def subscribe(self, maxsize: int = 256) -> Subscription:
-        """A new subscription to all events from now on."""
-        sub = Subscription(self, maxsize)
+    def subscribe(self, maxsize: int = 256, *, name: str = "other") -> Subscription:
+        """A new subscription to all events from now on; ``name`` says who it is in the drop counts."""
+        sub = Subscription(self, maxsize, name)
+        self.dropped[name] += 0  # listed from the start, at 0
         self._subs.add(sub)
         return sub
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -69,7 +68,6 @@ class LiveStream:
 
     name: str
     publisher: str
-    session: str = field(default_factory=lambda: secrets.token_hex(4))
     state: StreamState = StreamState.LIVE
     info: MediaInfo | None = None
     next_seq: int = 0

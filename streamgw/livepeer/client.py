@@ -1,11 +1,15 @@
 """The gateway's side of the wire to one orchestrator: gRPC over pinned TLS and HTTPS ``/segment``.
 
-Timeouts follow go-livepeer: gRPC dial 3 s and call 8 s; a segment's early 200 within
-max(2 s, 0.5 x duration) after its upload, the whole call within max(8 s, 4 x duration).
+Timeouts follow go-livepeer: a dial (TCP and TLS, gRPC or HTTPS) within 3 s, a gRPC call within
+8 s; a segment's early 200 within max(2 s, 0.5 x duration) after its upload, the whole call within
+max(8 s, 4 x duration).
 Errors surface as :class:`~streamgw.errors.OrchestratorError` subclasses, classified by type,
-or as :class:`~streamgw.errors.SegmentRejected` when the orchestrator blames the segment itself.
-go-livepeer reports transcode failures only as text in ``TranscodeResult.error`` (WIRE.md §6), so
-this module is where those texts become types (:func:`result_error`), in one table.
+or as :class:`~streamgw.errors.SegmentRejected` when the orchestrator blames the segment itself:
+nothing past this module reads an error's text. go-livepeer reports transcode failures and a full
+orchestrator only as text (``TranscodeResult.error``, a gRPC status's details, an HTTP body; WIRE.md
+§2, §6), so this module is where those texts become types (:func:`result_error`, :func:`http_error`,
+:func:`grpc_error`), in one table. A TLS failure is recognised by its type (:func:`tls_failure`)
+and re-pins the orchestrator's certificate once: it may have restarted with a new one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from streamgw.errors import (
     OrchestratorBusy,
     OrchestratorError,
     OrchestratorUnavailable,
+    ProtocolError,
     SegmentRejected,
     StreamgwError,
     TranscodeResultError,
@@ -47,8 +52,12 @@ from streamgw.livepeer.tls import CertificatePins, PinnedCertificate
 
 log = logging.getLogger(__name__)
 
-GRPC_CONNECT_TIMEOUT = 3.0
+DIAL_TIMEOUT = 3.0
+"""Seconds to connect (TCP and the TLS handshake), gRPC or HTTPS: go-livepeer's gRPC dial timeout."""
 GRPC_CALL_TIMEOUT = 8.0
+HTTP_TIMEOUT = httpx.Timeout(10.0, connect=DIAL_TIMEOUT)
+MAX_ERROR_CHAIN = 16  # exceptions walked down __cause__ / __context__
+MAX_ERROR_BODY = 4096  # bytes of an HTTP error's body read
 
 INVALID_INPUT = "TranscoderInvalidInput"
 """lpms's text for input it cannot transcode; streamgw's orchestrator sends ``INVALID_INPUT: detail``."""
@@ -80,6 +89,35 @@ def result_error(url: str, result: pb.TranscodeResult) -> StreamgwError | None:
     return OrchestratorError(f"{url}: transcode failed: {text}")
 
 
+def http_error(url: str, status: int, body: str) -> OrchestratorError:
+    """A ``/segment`` answer other than 200, as its type: 403 ``OrchestratorCapped`` is busy, the rest a failure."""
+    text = body.strip()
+    if status == 403 and text.split(":", 1)[0].strip() in BUSY_ERRORS:
+        return OrchestratorBusy(f"{url}: HTTP {status}: {text}")
+    return OrchestratorError(f"{url}: HTTP {status}: {text}")
+
+
+def grpc_error(url: str, call: str, exc: grpc.aio.AioRpcError) -> OrchestratorError:
+    """A failed gRPC call, as its type: no session free is busy, anything else unavailable."""
+    details = exc.details() or ""
+    # go-livepeer: "Invalid orchestrator request: OrchestratorCapped" (no session free).
+    if details.rsplit(":", 1)[-1].strip() in BUSY_ERRORS:
+        return OrchestratorBusy(f"{url}: {call}: {details}")
+    return OrchestratorUnavailable(f"{url}: {call}: {exc.code().name}: {details}")
+
+
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc``, if any: httpx wraps it (ConnectError from httpcore's from ssl's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < MAX_ERROR_CHAIN:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def segment_deadlines(duration_s: float) -> tuple[float, float]:
     """(early-200 deadline after upload, whole-call deadline) for a segment of ``duration_s``."""
     return max(2.0, 0.5 * duration_s), max(8.0, 4.0 * duration_s)
@@ -90,6 +128,18 @@ def _host_port(url: str) -> tuple[str, int]:
     if not parts.hostname:
         raise OrchestratorError(f"invalid orchestrator address {url!r}")
     return parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+
+
+async def _read_text(response: httpx.Response, limit: int) -> str:
+    """At most ``limit`` bytes of a response's body, as text."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit].decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +163,22 @@ class OrchestratorClient:
         self._channel_pin: PinnedCertificate | None = None
         self._http: dict[str, tuple[PinnedCertificate, httpx.AsyncClient]] = {}
 
-    async def _grpc(self, refresh: bool) -> pb_grpc.OrchestratorStub:
-        pin = await self.pins.pin(self.host, self.port, refresh=refresh)
-        if self._channel is None or pin != self._channel_pin:
+    async def _pin(self, host: str, port: int, refresh: bool) -> PinnedCertificate:
+        try:
+            return await self.pins.pin(host, port, refresh=refresh)
+        except ProtocolError as exc:  # no TLS answer (refused, silent, no certificate) within the dial timeout
+            raise OrchestratorUnavailable(f"{self.url}: {exc}") from exc
+
+    async def _grpc(self, refresh: bool) -> pb_grpc.OrchestratorStub | None:
+        """A stub on a channel with the pinned certificate, connected within :data:`DIAL_TIMEOUT`.
+
+        None when the connection attempt failed (refused, or the TLS handshake failed);
+        :class:`OrchestratorUnavailable` when it did not finish in time.
+        """
+        pin = await self._pin(self.host, self.port, refresh)
+        # After a failure, a fresh channel even with the same certificate: a failed one waits out
+        # its reconnect backoff (up to minutes) before it tries again.
+        if self._channel is None or refresh or pin != self._channel_pin:
             if self._channel is not None:
                 await self._channel.close()
             creds = grpc.ssl_channel_credentials(root_certificates=pin.pem)
@@ -125,41 +188,70 @@ class OrchestratorClient:
                          ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
             )
             self._channel_pin = pin
+        if not await self._dial(self._channel):
+            return None
         return pb_grpc.OrchestratorStub(self._channel)  # type: ignore[no-untyped-call]
 
-    async def get_orchestrator(self, capabilities: Capabilities | None = None) -> pb.OrchestratorInfo:
-        """``GetOrchestrator``: session, price, capabilities and where to send segments."""
+    async def _dial(self, channel: grpc.aio.Channel) -> bool:
+        """Wait until ``channel`` is connected; False when the attempt failed (refused, TLS handshake).
+
+        Raises :class:`OrchestratorUnavailable` when it is still connecting after :data:`DIAL_TIMEOUT`.
+        """
+        ready, failed = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        try:
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                state = channel.get_state(try_to_connect=True)
+                while state is not ready:
+                    if state in (failed, grpc.ChannelConnectivity.SHUTDOWN):
+                        return False
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError as exc:
+            raise OrchestratorUnavailable(f"{self.url}: gRPC dial: no connection within {DIAL_TIMEOUT:.0f} s") from exc
+        return True
+
+    async def get_orchestrator(self, capabilities: Capabilities | None = None, *,
+                               timeout: float = GRPC_CALL_TIMEOUT) -> pb.OrchestratorInfo:
+        """``GetOrchestrator``: session, price, capabilities and where to send segments.
+
+        Within ``timeout`` seconds all in (pinning, dial, call), else :class:`OrchestratorUnavailable`;
+        no session free is :class:`OrchestratorBusy`.
+        """
         request = orchestrator_request(self.signer, capabilities)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._get_orchestrator(request)
+        except TimeoutError as exc:
+            raise OrchestratorUnavailable(f"{self.url}: no GetOrchestrator answer within {timeout:.1f} s") from exc
+
+    async def _get_orchestrator(self, request: pb.OrchestratorRequest) -> pb.OrchestratorInfo:
         for attempt in range(2):
+            stub = await self._grpc(refresh=attempt > 0)
+            if stub is None:
+                # Refused, or the handshake failed: an orchestrator restarted with a new
+                # certificate fails it. Fetch the certificate again, once.
+                if attempt == 0:
+                    continue
+                raise OrchestratorUnavailable(f"{self.url}: gRPC dial failed (refused, or TLS handshake)")
             try:
-                stub = await self._grpc(refresh=attempt > 0)
                 info: pb.OrchestratorInfo = await stub.GetOrchestrator(request, timeout=GRPC_CALL_TIMEOUT)
                 return info
             except grpc.aio.AioRpcError as exc:
-                # An orchestrator restarted with a new certificate fails the handshake: re-pin once.
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
-                    continue
-                details = exc.details() or ""
-                # go-livepeer: "Invalid orchestrator request: OrchestratorCapped" (no session free).
-                if details.rsplit(":", 1)[-1].strip() in BUSY_ERRORS:
-                    raise OrchestratorBusy(f"{self.url}: GetOrchestrator: {details}") from exc
-                raise OrchestratorUnavailable(f"{self.url}: GetOrchestrator: {details}") from exc
-            except OrchestratorError:
-                raise
-            except Exception as exc:  # ProtocolError from pinning, OSError
-                raise OrchestratorUnavailable(f"{self.url}: {exc}") from exc
+                    continue  # the connection broke under the call: dial again, re-pinning if need be
+                raise grpc_error(self.url, "GetOrchestrator", exc) from exc
         raise OrchestratorUnavailable(f"{self.url}: unreachable")  # pragma: no cover
 
     async def _http_client(self, url: str, refresh: bool) -> httpx.AsyncClient:
         host, port = _host_port(url)
         key = f"{host}:{port}"
-        pin = await self.pins.pin(host, port, refresh=refresh)
+        pin = await self._pin(host, port, refresh)
         current = self._http.get(key)
         if current is not None and current[0] == pin:
             return current[1]
         if current is not None:
             await current[1].aclose()
-        client = httpx.AsyncClient(verify=pin.ssl_context(), timeout=httpx.Timeout(10.0))
+        client = httpx.AsyncClient(verify=pin.ssl_context(), timeout=HTTP_TIMEOUT)
         self._http[key] = (pin, client)
         return client
 
@@ -187,23 +279,24 @@ class OrchestratorClient:
                 request = client.build_request("POST", url, content=data, headers=headers)
                 response = await asyncio.wait_for(client.send(request, stream=True), early)
                 break
-            except ssl.SSLError as exc:
-                if attempt == 0:
-                    continue
-                raise OrchestratorUnavailable(f"{url}: TLS: {exc}") from exc
-            except httpx.ConnectError as exc:
-                if attempt == 0 and "CERTIFICATE" in str(exc).upper():
-                    continue
-                raise OrchestratorUnavailable(f"{url}: dial tcp: {exc}") from exc
             except TimeoutError as exc:
                 raise OrchestratorUnavailable(f"{url}: no answer within {early:.1f} s of the upload") from exc
-            except httpx.HTTPError as exc:
+            except httpx.ConnectTimeout as exc:
+                raise OrchestratorUnavailable(f"{url}: dial tcp: no connection within {DIAL_TIMEOUT:.0f} s") from exc
+            except (httpx.HTTPError, ssl.SSLError) as exc:
+                tls = tls_failure(exc)
+                if tls is not None and attempt == 0:
+                    continue  # perhaps a new certificate: re-pin once
+                if tls is not None:
+                    raise OrchestratorUnavailable(f"{url}: TLS: {tls}") from exc
+                if isinstance(exc, httpx.ConnectError):
+                    raise OrchestratorUnavailable(f"{url}: dial tcp: {exc}") from exc
                 raise OrchestratorUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
         upload = time.monotonic() - started
         try:
             if response.status_code != 200:
-                text = (await response.aread()).decode("utf-8", "replace").strip()
-                raise OrchestratorError(f"{url}: HTTP {response.status_code}: {text}")
+                text = await asyncio.wait_for(_read_text(response, MAX_ERROR_BODY), max(0.1, total - upload))
+                raise http_error(url, response.status_code, text)
             remaining = max(0.1, total - upload)
             body = await asyncio.wait_for(response.aread(), remaining)
         except TimeoutError as exc:
@@ -226,6 +319,8 @@ class OrchestratorClient:
         try:
             client = await self._http_client(url, refresh=False)
             response = await asyncio.wait_for(client.get(url), timeout)
+        except httpx.ConnectTimeout as exc:
+            raise OrchestratorUnavailable(f"{url}: download: no connection within {DIAL_TIMEOUT:.0f} s") from exc
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             raise OrchestratorUnavailable(f"{url}: download failed: {exc!r}") from exc
         if response.status_code != 200:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
@@ -336,13 +336,3 @@ def _json_profile(index: int, item: object) -> VideoProfile:
         chroma_format=ChromaFormat(chroma_value),
         quality=_json_int(fields, "quality", where, 0, _UINT32_MAX),
     )
-
-
-def profiles_to_proto(profiles: Iterable[VideoProfile]) -> list[pb.VideoProfile]:
-    """Wire messages for ``profiles``, in order."""
-    return [p.to_proto() for p in profiles]
-
-
-def profiles_from_proto(msgs: Sequence[pb.VideoProfile]) -> tuple[VideoProfile, ...]:
-    """Decode wire profiles as the O does; raises ``ProfileError``."""
-    return tuple(VideoProfile.from_proto(m) for m in msgs)

@@ -75,6 +75,7 @@ __all__ = [
     "sign_renditions",
     "transcode_result",
     "verify_orchestrator_request",
+    "verify_rendition_hashes",
     "verify_renditions",
     "verify_segment_credentials",
 ]
@@ -439,11 +440,19 @@ def sign_renditions(signer: MessageSigner, renditions: Sequence[bytes]) -> bytes
 
 def verify_renditions(address: bytes, renditions: Sequence[bytes], sig: bytes) -> None:
     """Check that ``address`` signed the fetched ``renditions``; raises ``SignatureError``."""
-    verify_message(address, rendition_hashes(renditions), sig)
+    verify_rendition_hashes(address, [keccak256(r) for r in renditions], sig)
+
+
+def verify_rendition_hashes(address: bytes, hashes: Sequence[bytes], sig: bytes) -> None:
+    """:func:`verify_renditions` given each rendition's ``keccak256`` (hashed off the event loop)."""
+    verify_message(address, b"".join(hashes), sig)
 
 
 def result_signer_address(info: pb.OrchestratorInfo) -> bytes:
-    """Whose signature a result must carry: ``info.address``, else the ticket recipient (``verification``)."""
+    """Whose signature a result must carry: ``info.address``, else the ticket recipient (``verification``).
+
+    The zero address for an offchain orchestrator (20 zero bytes, no ticket params): its results are unsigned.
+    """
     if info.address:
         return bytes_to_address(info.address)
     return bytes_to_address(info.ticket_params.recipient)

@@ -30,7 +30,7 @@ class ByteQueue:
         self.batch_interval = batch_interval
         self.last_arrival = 0.0  # time.monotonic() when the last consumed bytes were written
         self.first_arrival = 0.0  # time.monotonic() when the first bytes were written
-        self._chunks: collections.deque[tuple[bytes, float]] = collections.deque()
+        self._chunks: collections.deque[tuple[bytes | memoryview, float]] = collections.deque()
         self._size = 0
         self._closed = False
         self._batching = False
@@ -88,14 +88,16 @@ class ByteQueue:
                 # Hand over everything queued at once: fewer, larger reads for the demuxer.
                 parts = list(self._chunks)
                 self._chunks.clear()
-                data = b"".join(p[0] for p in parts) if len(parts) > 1 else parts[0][0]
+                whole = b"".join(p[0] for p in parts) if len(parts) > 1 else bytes(parts[0][0])
                 self.last_arrival = parts[-1][1]
                 self._size = 0
-                return data
+                return whole
             data, arrival = self._chunks.popleft()
             if len(data) > n:
-                self._chunks.appendleft((data[n:], arrival))
+                # The rest goes back as a view: one large write read in small pieces is not
+                # copied again for each piece.
+                self._chunks.appendleft((memoryview(data)[n:], arrival))
                 data = data[:n]
             self._size -= len(data)
             self.last_arrival = arrival
-            return data
+            return bytes(data)

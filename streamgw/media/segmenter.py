@@ -296,6 +296,10 @@ class Segmenter:
         last_key: int | None = None
         intervals: collections.deque[int] = collections.deque(maxlen=_KEYFRAME_INTERVALS)
 
+        # Each stream's time base to the clock's, as integers: Fraction arithmetic per packet cost
+        # as much CPU as demuxing and muxing together.
+        scale = {s.index: _ratio(Fraction(s.time_base) / tb) for s in streams}
+
         def new_cut(start: int, discontinuity: bool) -> _Cut:
             return _Cut(streams, start, discontinuity, audio_format, config.record)
 
@@ -303,7 +307,8 @@ class Segmenter:
             if packet.dts is None or packet.size == 0 or packet.stream.index not in wanted:
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
-            ts = int(Fraction(pts) * Fraction(packet.time_base) / tb)
+            num, den = scale[packet.stream.index]
+            ts = _rescale(pts, num, den)
             idr = False
             if packet.stream is video:
                 config.update(packet)
@@ -349,7 +354,7 @@ class Segmenter:
                         info = self._measure_fps(info, cut.pictures / float((ts - cut.start_pts) * tb))
                     self._emit(cut, ts - cut.start_pts, tb, source)
                     cut = new_cut(ts, resized)
-            end = ts + int(Fraction(packet.duration or 0) * Fraction(packet.time_base) / tb)
+            end = ts + _rescale(packet.duration or 0, num, den)
             if packet.stream is clock:
                 last_end = max(last_end, end)
                 clock_last = max(clock_last, ts)
@@ -464,6 +469,16 @@ class Segmenter:
         self.next_seq += 1
         latency = max(0.0, time.monotonic() - source.last_arrival)
         self._on_segment(segment, latency)
+
+
+def _ratio(value: Fraction) -> tuple[int, int]:
+    return value.numerator, value.denominator
+
+
+def _rescale(value: int, num: int, den: int) -> int:
+    """``int(value * num / den)``, in integers (rounded toward zero, as ``int(Fraction)``)."""
+    q = value * num
+    return q // den if q >= 0 else -(-q // den)
 
 
 def _a(kind: str) -> str:

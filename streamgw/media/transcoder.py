@@ -32,6 +32,7 @@ from av.video.stream import VideoStream
 
 from streamgw.errors import TranscodeError
 from streamgw.media.mpegts import muxer_options, strip_leading_sdt
+from streamgw.media.x264 import x264_options
 
 H264Profile = Literal["baseline", "main", "high", "constrained_high"]
 Gop = Fraction | Literal["intra-only"] | None
@@ -354,14 +355,8 @@ class _Rendition:
         cc.framerate = self.rate
         cc.bit_rate = spec.bitrate
         cc.thread_count = self.threads
-        opts = {
-            "preset": options.preset,
-            "maxrate": str(spec.bitrate),
-            "bufsize": str(spec.bitrate),
-            "forced-idr": "1",
-        }
-        if options.tune:
-            opts["tune"] = options.tune
+        opts = x264_options(options.preset, tune=options.tune or None, maxrate=str(spec.bitrate),
+                            bufsize=str(spec.bitrate), forced_idr=True, params=options.x264_params)
         if spec.h264_profile == "constrained_high":
             opts["profile"] = "high"
             opts["bf"] = "0"
@@ -374,8 +369,6 @@ class _Rendition:
             opts.update(g=str(keyint), keyint_min=str(keyint), sc_threshold="0")
         if self.start * self.time_base < Fraction(_MAX_REORDER_FRAMES) / self.rate:
             opts["bf"] = "0"
-        if options.x264_params:
-            opts["x264-params"] = ":".join(f"{k}={v}" for k, v in options.x264_params)
         cc.options = opts
 
     def push(self, picture: _Picture) -> None:

@@ -7,11 +7,12 @@ import concurrent.futures
 import logging
 import os
 import ssl
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hypercorn
 from hypercorn.config import Config as HypercornConfig
@@ -19,6 +20,8 @@ from hypercorn.config import Config as HypercornConfig
 from streamgw.config import split_addr
 from streamgw.errors import StreamgwError, TranscodeError
 from streamgw.livepeer.profiles import EncoderProfile, VideoCodec, VideoFormat, VideoProfile
+from streamgw.livepeer.segdata import SegMetadata
+from streamgw.livepeer.signing import MessageSigner
 from streamgw.livepeer.tls import ensure_certificate
 from streamgw.media.transcoder import RenditionSpec, transcode
 from streamgw.net import tcp_listener
@@ -59,6 +62,27 @@ def rendition_spec(profile: VideoProfile) -> RenditionSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TranscodeJob:
+    """One verified source segment for a worker thread, and when it was queued for one (monotonic seconds)."""
+
+    seq: int
+    data: bytes
+    specs: tuple[RenditionSpec, ...]  # one per rendition, in the order the gateway asked for them
+    queued_at: float
+
+
+class Transcoder(Protocol):
+    """Transcodes a job into one MPEG-TS per spec, in order. Blocking: the node calls it on a worker thread."""
+
+    def __call__(self, job: TranscodeJob) -> list[bytes]: ...
+
+
+def transcode_job(job: TranscodeJob) -> list[bytes]:
+    """The node's transcoder: :func:`streamgw.media.transcoder.transcode` (PyAV, libx264)."""
+    return transcode(job.data, job.specs)
+
+
+@dataclass(frozen=True, slots=True)
 class OrchestratorNodeSettings:
     """Where the node listens, what it advertises, and its capacity."""
 
@@ -87,8 +111,13 @@ class OrchestratorNode:
     GRACE = 3.0  # seconds open connections get to finish at shutdown
     TLS_CLOSE = 1.0  # seconds a peer gets to answer our TLS close_notify (asyncio's default: 30)
 
-    def __init__(self, settings: OrchestratorNodeSettings) -> None:
+    def __init__(self, settings: OrchestratorNodeSettings, transcoder: Transcoder = transcode_job,
+                 signer: MessageSigner | None = None) -> None:
+        """``transcoder`` runs on the worker threads, one job per segment (benchmarks pass a timed one);
+        ``signer``: the node's Ethereum key (on-chain: it signs its results), offchain when None."""
         self.settings = settings
+        self.transcoder = transcoder
+        self.signer = signer
         self.workers = settings.transcode_workers or usable_cpus()
         # Twice the workers: a segment that waits for a thread still beats a refusal, and the
         # gateway's deadline (4 x its duration) leaves room for one ahead of it.
@@ -101,10 +130,10 @@ class OrchestratorNode:
         self._stop = asyncio.Event()
         self.supervisor = Supervisor("orchestrator")
 
-    async def _transcode(self, data: bytes, profiles: Sequence[VideoProfile]) -> list[bytes]:
-        specs = [rendition_spec(p) for p in profiles]
+    async def _transcode(self, segment: SegMetadata, data: bytes) -> list[bytes]:
+        job = TranscodeJob(segment.seq, data, tuple(rendition_spec(p) for p in segment.profiles), time.monotonic())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: transcode(data, specs))
+        return await loop.run_in_executor(self._executor, self.transcoder, job)
 
     @property
     def url(self) -> str:
@@ -127,6 +156,7 @@ class OrchestratorNode:
                                  require_signed=self.settings.require_signed,
                                  allowed_gateways=self.settings.allowed_gateways),
             self._transcode,
+            signer=self.signer,
         )
         config = HypercornConfig()
         config.certfile = str(cert)

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -24,7 +24,6 @@ from streamgw.errors import LivepeerError, MediaError, SegDataError, SignatureEr
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import Capabilities, Capability
 from streamgw.livepeer.client import INVALID_INPUT
-from streamgw.livepeer.profiles import VideoProfile
 from streamgw.livepeer.segdata import (
     AUTH_TOKEN_VALIDITY_S,
     PAYMENT_HEADER,
@@ -53,8 +52,8 @@ from streamgw.orchestrator.store import RenditionStore, Sessions
 
 log = logging.getLogger(__name__)
 
-Transcode = Callable[[bytes, Sequence[VideoProfile]], Awaitable[list[bytes]]]
-"""Transcodes one source segment into one rendition per profile (runs off the event loop)."""
+Transcode = Callable[[SegMetadata, bytes], Awaitable[list[bytes]]]
+"""Transcodes one verified source segment into one rendition per profile of its metadata (off the event loop)."""
 
 # What this orchestrator can do (WIRE.md §3): H.264 in and out as MPEG-TS, fractional frame rates,
 # direct storage, every H.264 profile, GOP, auth tokens.
@@ -246,7 +245,7 @@ class OrchestratorService:
         try:
             if self.settings.delay:
                 await asyncio.sleep(self.settings.delay)
-            outputs = await self.transcode(body, meta.profiles)
+            outputs = await self.transcode(meta, body)
             sig = sign_renditions(self.signer, outputs)
         except MediaError as exc:
             # The segment's fault (does not decode, no video, unsupported input): lpms's text for

@@ -1,8 +1,8 @@
 """HLS output (RFC 8216): sliding-window media playlists per rendition, held in memory.
 
 Layout follows go-livepeer: master ``/stream/NAME.m3u8``, media playlists
-``/stream/NAME/RENDITION.m3u8``, segments ``/stream/NAME/RENDITION/SESSION-SEQ.ts``. The
-session token makes segment URLs unique per publication, so they can be cached for long.
+``/stream/NAME/RENDITION.m3u8``, segments ``/stream/NAME/RENDITION/PUBLICATION-SEQ.ts``. The
+publication token makes segment URLs unique per publication, so they can be cached for long.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class Variant:
 class RenditionPlaylist:
     """The last ``window`` segments of one rendition, plus a few that recently slid out."""
 
-    def __init__(self, rendition: str, session: str, window: int, keep_extra: int = 3) -> None:
+    def __init__(self, rendition: str, publication: str, window: int, keep_extra: int = 3) -> None:
         self.rendition = rendition
-        self.session = session
+        self.publication = publication
         self.window = window
         self.keep_extra = keep_extra
         self._entries: collections.deque[_Entry] = collections.deque()
@@ -64,7 +64,7 @@ class RenditionPlaylist:
 
     def name(self, seq: int) -> str:
         """The file name of segment ``seq``."""
-        return f"{self.session}-{seq}.ts"
+        return f"{self.publication}-{seq}.ts"
 
     def add(self, segment: Segment, pdt: dt.datetime) -> None:
         """Append a segment; segments older than the window plus the extras are dropped."""
@@ -126,8 +126,10 @@ class RenditionPlaylist:
 
 
 @dataclass(slots=True)
-class _StreamPlaylists:
-    session: str
+class _RenditionPlaylists:
+    """One stream's playlists, a token naming its current publication in segment URLs."""
+
+    publication: str
     renditions: dict[str, RenditionPlaylist] = field(default_factory=dict)
     anchor_wall: float = 0.0
     anchor_seconds: float = 0.0
@@ -140,13 +142,13 @@ class Recorder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def path(self, segment: Segment, session: str) -> Path:
+    def path(self, segment: Segment, publication: str) -> Path:
         """Where ``segment`` is recorded."""
-        return self.directory / segment.stream_id / session / segment.rendition / f"{segment.seq:08d}.ts"
+        return self.directory / segment.stream_id / publication / segment.rendition / f"{segment.seq:08d}.ts"
 
-    def write(self, segment: Segment, session: str) -> None:
+    def write(self, segment: Segment, publication: str) -> None:
         """Write one segment file atomically (blocking)."""
-        path = self.path(segment, session)
+        path = self.path(segment, publication)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(segment.data)
@@ -168,7 +170,7 @@ class HlsOutput:
         self.target_duration = target_duration
         self.recorder = recorder
         self._clock = wall_clock
-        self._streams: dict[str, _StreamPlaylists] = {}
+        self._streams: dict[str, _RenditionPlaylists] = {}
         self._record_tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, event: Event) -> None:
@@ -196,7 +198,7 @@ class HlsOutput:
         pls = self._streams.get(seg.stream_id)
         if pls is None or (pls.ended and seg.rendition == "source"):
             # Only a source segment starts a new publication of the name; renditions follow it.
-            pls = _StreamPlaylists(session=secrets.token_hex(4))
+            pls = _RenditionPlaylists(publication=secrets.token_hex(4))
             self._streams[seg.stream_id] = pls
         if seg.rendition == "source" and (not pls.renditions or seg.discontinuity):
             # Anchor wall-clock time: the segment just closed, so it started `duration` ago.
@@ -207,11 +209,11 @@ class HlsOutput:
         )
         rp = pls.renditions.get(seg.rendition)
         if rp is None:
-            rp = RenditionPlaylist(seg.rendition, pls.session, self.window)
+            rp = RenditionPlaylist(seg.rendition, pls.publication, self.window)
             pls.renditions[seg.rendition] = rp
         rp.add(seg, pdt)
         if self.recorder is not None:
-            task = asyncio.ensure_future(asyncio.to_thread(self.recorder.write, seg, pls.session))
+            task = asyncio.ensure_future(asyncio.to_thread(self.recorder.write, seg, pls.publication))
             self._record_tasks.add(task)
             task.add_done_callback(self._recorded)
 

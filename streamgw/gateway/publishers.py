@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class IngestSettings:
+class PublisherSettings:
     """Limits and timings of publishing."""
 
     segmenter: SegmenterSettings = SegmenterSettings()
@@ -32,22 +32,24 @@ class IngestSettings:
 
 
 class SegmentObserver:
-    """Hooks for metrics: called on the event loop for each segment and each publisher byte."""
+    """Hooks for metrics: called on the event loop for each segment."""
 
     def on_segment(self, segment: Segment, latency: float) -> None:
         """A source segment was cut ``latency`` seconds after its closing bytes arrived."""
 
-    def on_bytes(self, n: int) -> None:
-        """``n`` media bytes arrived from a publisher."""
+
+SEGMENTER_COUNTS = ("retimed_packets", "dropped_packets", "timestamp_resets", "recovery_cuts")
+"""What segmenters count of what publishers send (see :class:`Segmenter`); :meth:`Publishers.segmenter_counts`."""
 
 
 class _Publisher:
     """The sink one publisher's bytes go to; feeds its segmenter thread."""
 
-    def __init__(self, ingest: Ingest, stream: LiveStream, queue: ByteQueue) -> None:
-        self.ingest = ingest
+    def __init__(self, registry: Publishers, stream: LiveStream, queue: ByteQueue, segmenter: Segmenter) -> None:
+        self.registry = registry
         self.stream = stream
         self.queue = queue
+        self.segmenter = segmenter
         self.error: StreamgwError | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
@@ -57,7 +59,7 @@ class _Publisher:
         if self.error is not None:
             raise self.error
         self.stream.bytes_in += len(data)
-        self.ingest.observer.on_bytes(len(data))
+        self.registry.bytes_in += len(data)  # read by /metrics when scraped: no metric call per read
         try:
             self.queue.write(data, urgent=urgent)
         except MediaError as exc:
@@ -72,10 +74,10 @@ class _Publisher:
         self.queue.close()
 
 
-class Ingest:
+class Publishers:
     """Accepts publishers by stream name and runs their segmenters; publishes to the hub."""
 
-    def __init__(self, hub: Hub, settings: IngestSettings, observer: SegmentObserver | None = None) -> None:
+    def __init__(self, hub: Hub, settings: PublisherSettings, observer: SegmentObserver | None = None) -> None:
         self.hub = hub
         self.settings = settings
         self.observer = observer or SegmentObserver()
@@ -84,6 +86,8 @@ class Ingest:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._ended_listeners: list[Callable[[LiveStream], None]] = []
         self._closing = False
+        self.bytes_in = 0  # media bytes from every publisher since start
+        self._finished_counts = dict.fromkeys(SEGMENTER_COUNTS, 0)
 
     def live_streams(self) -> list[LiveStream]:
         """Streams that are live or waiting for their publisher to come back."""
@@ -123,8 +127,6 @@ class Ingest:
             self.streams[name] = stream
             log.info("stream %s: published by %s", name, remote)
         queue = ByteQueue(max_bytes=self.settings.max_backlog_bytes)
-        publisher = _Publisher(self, stream, queue)
-        self._publishers[name] = publisher
         segmenter = Segmenter(
             name,
             dataclasses.replace(self.settings.segmenter, input_format=input_format),
@@ -133,6 +135,8 @@ class Ingest:
             on_info=self._threadsafe(self._on_info, stream),
             on_segment=self._threadsafe(self._on_segment, stream),
         )
+        publisher = _Publisher(self, stream, queue, segmenter)
+        self._publishers[name] = publisher
         loop = asyncio.get_running_loop()
         thread = threading.Thread(
             target=self._run_segmenter, args=(loop, segmenter, queue, publisher),
@@ -176,8 +180,18 @@ class Ingest:
         self.observer.on_segment(segment, latency)
         self.hub.publish(segment)
 
+    def segmenter_counts(self) -> dict[str, int]:
+        """:data:`SEGMENTER_COUNTS` over every publisher since start (finished and running)."""
+        counts = dict(self._finished_counts)
+        for pub in self._publishers.values():
+            for key in SEGMENTER_COUNTS:
+                counts[key] += getattr(pub.segmenter, key)
+        return counts
+
     def _on_segmenter_done(self, pub: _Publisher, error: StreamgwError | None) -> None:
         stream = pub.stream
+        for key in SEGMENTER_COUNTS:
+            self._finished_counts[key] += getattr(pub.segmenter, key)
         if not pub.done.done():
             pub.done.set_result(None)
         if self._publishers.get(stream.name) is pub:
