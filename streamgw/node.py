@@ -23,7 +23,7 @@ from streamgw.gateway.publishers import Publishers, PublisherSettings
 from streamgw.gateway.selection import SelectionPolicy
 from streamgw.gateway.streams import StreamState
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
-from streamgw.ingest.webrtc import WhipServer, WhipSettings
+from streamgw.ingest.whip import WhipServer, WhipSettings
 from streamgw.livepeer.client import OrchestratorClient
 from streamgw.livepeer.profiles import VideoProfile, parse_preset_names, parse_profiles_json
 from streamgw.livepeer.signing import Signer

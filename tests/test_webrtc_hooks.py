@@ -140,7 +140,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_the_layers_aiortc_in_webrtc_pyav_in_media_output_apart_from_ingest() -> None:
     package = Path(__file__).resolve().parent.parent / "streamgw"
-    webrtc_users = {"webrtc", "ingest/webrtc.py", "output/whep.py"}
+    webrtc_users = {"webrtc", "ingest/whip.py", "output/whep.py"}
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package).as_posix()
         imported = _imports(path)

@@ -23,7 +23,7 @@ SDP_TYPE = "application/sdp"
 
 
 class WhipEndpoint(Protocol):
-    """What the WHIP routes need: ingest/webrtc.WhipServer."""
+    """What the WHIP routes need: ingest/whip.WhipServer."""
 
     async def publish(self, stream: str, offer: str, remote: str) -> tuple[str, str]: ...
 

@@ -4,7 +4,7 @@
         libx264 (keyframe every target segment duration, on the RTP clock) + AAC ──▶ MPEG-TS bytes
                                                           └─▶ the same H.264 packets + Opus (WHEP)
 
-The session (``ingest/webrtc.py``) puts what aiortc hands it in the :class:`FrameQueue`; this
+The session (``ingest/whip.py``) puts what aiortc hands it in the :class:`FrameQueue`; this
 thread owns every PyAV object and hands bytes and packets back through callbacks that the session
 makes thread-safe. The event loop never encodes.
 """
@@ -177,7 +177,6 @@ class WhipMuxer:
         self.frames = 0
         self.copied = 0  # access units muxed without re-encoding
         self.keyframe_requests = 0  # IDRs asked of the publisher
-        self.resolution_changes = 0
         self.size: tuple[int, int] | None = None
         self._origin: float | None = None
         self._clocks: dict[str, TrackClock] = {}
@@ -307,7 +306,6 @@ class WhipMuxer:
             if sps is not None and sps != self._sps:
                 size = sps_resolution(sps)
                 if self._sps is not None and size != self.size:
-                    self.resolution_changes += 1
                     log.info("WHIP: resolution now %dx%d", *size)
                 self._sps, self.size = sps, size
         if self._copy_resync:
@@ -377,7 +375,6 @@ class WhipMuxer:
                 self._mux_video(self._venc.encode(None))
                 self._venc = self._new_video_encoder(*self._pending_size)
                 self._pending_size = None
-                self.resolution_changes += 1
                 log.info("WHIP: resolution now %dx%d", self._venc.width, self._venc.height)
         self.keyframe_requested = False
         w, h = self._venc.width, self._venc.height

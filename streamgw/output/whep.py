@@ -305,7 +305,7 @@ class _Relay:
 
 
 class _Tee:
-    """The :class:`~streamgw.ingest.webrtc.LiveTee` a WHIP session feeds its relay through."""
+    """The :class:`~streamgw.ingest.whip.LiveTee` a WHIP session feeds its relay through."""
 
     def __init__(self, output: WhepOutput, relay: _Relay) -> None:
         self.output = output
@@ -452,7 +452,7 @@ class WhepOutput:
         self.peers.spawn(coro)
 
     def open_tee(self, stream: str, request_keyframe: Callable[[], None]) -> _Tee:
-        """Feed ``stream``'s source relay from a WHIP encoder (the ``OpenTee`` of ingest/webrtc)."""
+        """Feed ``stream``'s source relay from a WHIP encoder (the ``OpenTee`` of ingest/whip)."""
         relay = self._relay((stream, "source"))
         relay.live = True
         relay.keyframe_source = request_keyframe

@@ -1,4 +1,4 @@
-"""What WHIP (``ingest/webrtc.py``) and WHEP (``output/whep.py``) share, over aiortc.
+"""What WHIP (``ingest/whip.py``) and WHEP (``output/whep.py``) share, over aiortc.
 
 * :mod:`.ice`: ICE settings, advertised addresses, host candidates on those only;
 * :mod:`.peer`: the peer-connection factory, codec preferences, the answer to an offer;
