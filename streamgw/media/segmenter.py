@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import av
 import av.error
@@ -116,10 +116,10 @@ class _Cut:
         self.pictures = 0  # video packets (one picture each)
         self.discontinuity = discontinuity
         self.last_dts: dict[int, int] = {}  # per input stream index, in its time base
-        self.retimed = 0
 
-    def mux(self, packet: Any) -> bool:
-        """Write ``packet``; False (not written) when its dts goes back past its stream's last one.
+    def mux(self, packet: Any) -> Literal["written", "retimed", "dropped"]:
+        """Write ``packet``: as it is, one tick later ("retimed"), or not ("dropped", when its dts
+        goes back past its stream's last one).
 
         The muxer refuses a dts that does not pass the last ("non monotonically increasing dts",
         EINVAL), and that would end the stream. A packet that only collides with the one before
@@ -130,10 +130,11 @@ class _Cut:
         """
         index = packet.stream.index
         last = self.last_dts.get(index)
+        outcome: Literal["written", "retimed"] = "written"
         if last is not None and packet.dts <= last:
             if last - packet.dts > (packet.duration or 0):
-                return False
-            self.retimed += 1
+                return "dropped"
+            outcome = "retimed"
             pts = packet.pts
             packet.dts = last + 1
             if pts is not None and pts < packet.dts:
@@ -143,7 +144,7 @@ class _Cut:
         self.pictures += packet.stream.type == "video"
         packet.stream = self.map[index]
         self.container.mux(packet)
-        return True
+        return outcome
 
     def finish(self) -> bytes:
         self.container.close()
@@ -389,14 +390,14 @@ class Segmenter:
             self._emit_tail(cut, media_end, tb, source)
 
     def _mux(self, cut: _Cut, packet: Any) -> None:
-        retimed = cut.retimed
-        if not cut.mux(packet):
+        outcome = cut.mux(packet)
+        if outcome == "dropped":
             self.dropped_packets += 1
             if self.dropped_packets == 1:
                 log.warning("stream %s: %s packet whose timestamp went back past the one before was dropped "
                             "(it repeats media already written; counted in dropped_packets)",
                             self.stream_id, _a(packet.stream.type))
-        elif cut.retimed > retimed:
+        elif outcome == "retimed":
             self.retimed_packets += 1
             if self.retimed_packets == 1:
                 log.warning("stream %s: %s packet stamped no later than the one before was kept one tick "

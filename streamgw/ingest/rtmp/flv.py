@@ -70,6 +70,7 @@ class FlvWriter:
         self.late_tags = 0
         self._metadata: bytes | None = None
         self._held: list[tuple[int, int, bytes]] = []
+        self._held_types: set[int] = set()
         self._held_bytes = 0
         self._first_ts: int | None = None
 
@@ -93,10 +94,11 @@ class FlvWriter:
                 return b""
             return tag(tag_type, timestamp, payload)
         self._held.append((tag_type, timestamp, payload))
+        self._held_types.add(tag_type)
         self._held_bytes += len(payload)
         first = self._first_ts = timestamp if self._first_ts is None else self._first_ts
-        seen = {t for t, _, _ in self._held}
-        if self.expected <= seen or timestamp - first >= self.hold_ms or self._held_bytes >= self.hold_bytes:
+        everyone = self.expected <= self._held_types
+        if everyone or timestamp - first >= self.hold_ms or self._held_bytes >= self.hold_bytes:
             return self.flush()
         return b""
 
@@ -105,7 +107,7 @@ class FlvWriter:
         if self.streams is not None or not self._held:
             return b""
         held, self._held = self._held, []
-        self.streams = {t for t, _, _ in held}
+        self.streams = self._held_types
         out = bytearray(header(audio=TAG_AUDIO in self.streams, video=TAG_VIDEO in self.streams))
         if self._metadata is not None:
             out += tag(TAG_SCRIPT, 0, self._metadata)
