@@ -4,16 +4,14 @@
 
 1. Per-thread CPU of a ``streamgw gateway`` process under N real-time 720p30 publishers (no
    playlist polling): utime/stime of each thread from /proc/PID/task/TID/stat, thread names from
-   ``py-spy dump`` (event loop = MainThread, one ``segmenter-NAME`` thread per stream).
+   ``py-spy dump`` (event loop = MainThread, ``segmenter_N``: the segmenter pool shared by every stream).
 2. ``--py-spy``: ``py-spy record --gil`` (only samples holding the GIL, i.e. running Python) for the
    window; prints the main thread's top self-time lines and writes the collapsed stacks to
    benchmarks/out/.
 3. ``--breakdown``: the same publishers against streamgw's ``RtmpServer`` alone (in a harness
-   process, given a stand-in publisher sink, streamgw unchanged) with (a) a sink that drops the FLV
-   bytes, (b) a sink that writes to a ``ByteQueue`` drained by one thread per stream (the
-   segmenter's hand-off, without PyAV); and the segmenter alone on the whole test file read at once
-   (no per-tag hand-off). (The variant that replaced ``asyncio.wait_for`` in the server's module is
-   gone: the server no longer calls it.)
+   process, given a stand-in publisher sink that drops the media, streamgw unchanged); and the cut
+   alone over the whole test file (RTMP messages made into packets and muxed, as the ingest does;
+   and, for comparison, FFmpeg demuxing the same FLV).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,36 +151,23 @@ def _top_lines(collapsed: Path, top: int = 25) -> None:
 
 
 def _harness(sink: str, port: int) -> None:
-    """Run streamgw's RtmpServer with a stand-in sink (this process is the one measured)."""
+    """Run streamgw's RtmpServer with a stand-in sink that drops the media (this process is measured)."""
     if os.environ.get("STREAMGW_BENCH_SRC"):
         sys.path.insert(0, os.environ["STREAMGW_BENCH_SRC"])
     import streamgw.ingest.rtmp.server as srv
-    from streamgw.media.bytequeue import ByteQueue
 
     class Drop:
-        def write(self, data: bytes, *, urgent: bool = True) -> None:
+        def flv_start(self, data: bytes, first_arrival: float) -> None:
+            pass
+
+        def flv_tags(self, tags: list[tuple[int, int, bytes]], *, size: int, urgent: bool) -> None:
             pass
 
         def close(self, *, clean: bool) -> None:
             pass
-
-    class Queued:
-        def __init__(self) -> None:
-            self.q = ByteQueue()
-            threading.Thread(target=self._drain, daemon=True).start()
-
-        def _drain(self) -> None:
-            while self.q.read(65536):
-                pass
-
-        def write(self, data: bytes, *, urgent: bool = True) -> None:
-            self.q.write(data, urgent=urgent)
-
-        def close(self, *, clean: bool) -> None:
-            self.q.close()
 
     async def open_publisher(name: str, remote: str) -> Any:
-        return Queued() if sink == "bytequeue" else Drop()
+        return Drop()
 
     async def main() -> None:
         server = srv.RtmpServer(open_publisher)
@@ -203,8 +187,7 @@ def breakdown(n: int, window: float) -> None:
     if common._STREAMGW_SRC is not None:
         env["STREAMGW_BENCH_SRC"] = str(common._STREAMGW_SRC)
     print(f"\n== RtmpServer alone ({streamgw_revision()}), {n} x 720p30 publishers, {window:.0f} s ==")
-    for sink, what in (("drop", "RTMP read + chunk parse + FLV re-framing, bytes dropped"),
-                       ("bytequeue", "same as the first + ByteQueue.write, one reader thread per stream")):
+    for sink, what in (("drop", "RTMP read + chunk parse + the FLV start, messages dropped"),):
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.profile", "--harness", sink, str(port)],
                                 cwd=common.REPO, env=env)
@@ -222,27 +205,49 @@ def breakdown(n: int, window: float) -> None:
         proc.kill()
         proc.wait()
         print(f"  {sink:17s} {cpu:5.1f}% of a core = {cpu / n:.2f}% per stream   ({what})")
-    # The segmenter alone, whole file in 64 KiB reads: its demux + mux cost without hand-offs.
+    # The cut alone over the whole file: RTMP messages made into packets (the ingest's path) and,
+    # for comparison, the same FLV demuxed by FFmpeg.
+    import io
+
     from benchmarks.publisher import read_flv
     from streamgw.ingest.rtmp import flv
-    from streamgw.media.bytequeue import ByteQueue
-    from streamgw.media.segmenter import Segmenter, SegmenterSettings
+    from streamgw.media.flv_packets import FlvPackets
+    from streamgw.media.segmenter import SegmentCutter, Segmenter, SegmenterSettings
 
     tags = read_flv(media)
-    blob = flv.header(audio=True, video=True) + b"".join(flv.tag(t.type, t.ts, t.payload) for t in tags)
-    q = ByteQueue(max_bytes=1 << 30)
-    for i in range(0, len(blob), 65536):
-        q.write(blob[i : i + 65536])
-    q.close()
-    segments: list[Any] = []
-    seg = Segmenter("x", SegmenterSettings(), first_seq=0, discontinuity=False, on_info=lambda i: None,
-                    on_segment=lambda s, lat: segments.append(s))
-    c = time.thread_time()
-    seg.run(q)
-    spent = time.thread_time() - c
     media_s = tags[-1].ts / 1000
-    print(f"  segmenter alone (PyAV demux + mpegts mux, 64 KiB reads, no waiting): {spent:.2f} s CPU for "
-          f"{media_s:.0f} s of media = {spent / media_s * 100:.2f}% of a core per real-time stream")
+    settings = SegmenterSettings()
+    writer = flv.FlvWriter()
+    packets = FlvPackets(settings, "x")
+    cutter = SegmentCutter("x", settings, first_seq=0, discontinuity=False, on_info=lambda i: None,
+                           on_segment=lambda s, lat: None)
+    c = time.thread_time()
+    batch: list[tuple[int, int, bytes]] = []
+    for t in tags:
+        if t.type not in (flv.TAG_AUDIO, flv.TAG_VIDEO):
+            continue
+        if not writer.started:
+            if start := writer.media(t.type, t.ts, t.payload):
+                packets.start(start, time.monotonic())
+            continue
+        batch.append((t.type, t.ts, t.payload))
+        if len(batch) >= 20:  # about what one 0.25 s hand-over holds
+            packets.push(cutter, batch, time.monotonic())
+            batch = []
+    packets.push(cutter, batch, time.monotonic())
+    packets.end(cutter, time.monotonic())
+    packets.close()
+    spent = time.thread_time() - c
+    print(f"  cut alone (RTMP messages -> packets -> mpegts mux): {spent:.2f} s CPU for {media_s:.0f} s of media "
+          f"= {spent / media_s * 100:.2f}% of a core per real-time stream")
+    blob = flv.header(audio=True, video=True) + b"".join(flv.tag(t.type, t.ts, t.payload) for t in tags)
+    seg = Segmenter("x", settings, first_seq=0, discontinuity=False, on_info=lambda i: None,
+                    on_segment=lambda s, lat: None)
+    c = time.thread_time()
+    seg.run(io.BytesIO(blob))
+    spent = time.thread_time() - c
+    print(f"  for comparison, FFmpeg demux + mpegts mux of the same FLV: {spent:.2f} s CPU "
+          f"= {spent / media_s * 100:.2f}% of a core per real-time stream")
 
 
 def main(argv: list[str] | None = None) -> int:

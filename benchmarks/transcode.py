@@ -44,7 +44,6 @@ if __package__ in (None, ""):
 import av  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from streamgw.media.bytequeue import ByteQueue  # noqa: E402
 from streamgw.media.segmenter import Segmenter, SegmenterSettings  # noqa: E402
 from streamgw.media.transcoder import RenditionSpec, TranscodeOptions, transcode  # noqa: E402
 from streamgw.segment import Segment  # noqa: E402
@@ -64,12 +63,10 @@ def cpu(who: int) -> float:
 
 def source_segments(n: int) -> list[Segment]:
     """Segments 1..n of the test FLV, cut by streamgw's segmenter."""
-    queue = ByteQueue(max_bytes=1 << 30)
-    queue.write(common.ensure_media().read_bytes())
-    queue.close()
     segments: list[Segment] = []
+    source = io.BytesIO(common.ensure_media().read_bytes())
     Segmenter("bench", SegmenterSettings(), first_seq=0, discontinuity=False,
-              on_info=lambda _info: None, on_segment=lambda s, _lat: segments.append(s)).run(queue)
+              on_info=lambda _info: None, on_segment=lambda s, _lat: segments.append(s)).run(source)
     if len(segments) < n + 1:
         raise SystemExit(f"only {len(segments)} segments in the test media")
     return segments[1:n + 1]

@@ -52,6 +52,10 @@ class Settings(BaseModel):
         60.0, ge=0.0, le=86400.0, description="seconds an ended stream's playlists stay available"
     )
     max_streams: int = Field(100, ge=1, le=100000, description="most streams published at once")
+    segmenter_threads: int = Field(
+        1, ge=1, le=64, description="threads that cut every publisher's media into segments (PyAV muxing), "
+        "shared by all; each 720p30 publisher costs one of them ~3 ms of CPU per second"
+    )
     record_dir: str = Field("", description="directory to record every segment to; empty: no recording")
     probe_duration: float = Field(
         0.1, ge=0.0, le=5.0, description="seconds of media PyAV may read to probe a new stream"

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from streamgw.api.app import create_app
+from streamgw.api.hls import HlsServing
 from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
 from streamgw.errors import ConfigError, ProfileError, StreamgwError
@@ -116,6 +117,7 @@ class GatewayNode:
                 reconnect_grace=settings.reconnect_grace,
                 ended_retention=settings.ended_retention,
                 max_streams=settings.max_streams,
+                segmenter_threads=settings.segmenter_threads,
             ),
             observer=self.metrics,
         )
@@ -215,7 +217,8 @@ class GatewayNode:
         sock = tcp_listener(host, port, what="HTTP")
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+        # Media playlists and segments are answered in front of FastAPI (api/hls.py): players repeat them.
+        config = uvicorn.Config(HlsServing(self.app, self.hls), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         http = self._http = _Uvicorn(config)
         sup.spawn("http", lambda: http.serve(sockets=[sock]), restart=False)

@@ -6,24 +6,54 @@ import io
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 import av
 
-from streamgw.media.bytequeue import ByteQueue
-from streamgw.media.segmenter import MediaInfo, Segmenter, SegmenterSettings
+from streamgw.ingest.rtmp.flv import TAG_AUDIO, TAG_VIDEO, FlvWriter
+from streamgw.media.flv_packets import FlvPackets
+from streamgw.media.segmenter import MediaInfo, SegmentCutter, Segmenter, SegmenterSettings
 from streamgw.segment import Segment
 
 
-def cut_bytes(data: bytes, settings: SegmenterSettings | None = None) -> tuple[list[Segment], list[MediaInfo]]:
-    """Segment a whole published byte stream with streamgw's segmenter: the segments and every info update."""
-    queue = ByteQueue()
-    queue.write(data)
-    queue.close()
-    segments: list[Segment] = []
+def cut_bytes(data: bytes, settings: SegmenterSettings | None = None, *,
+              into: list[Segment] | None = None) -> tuple[list[Segment], list[MediaInfo]]:
+    """Segment a whole published byte stream with streamgw's segmenter (FFmpeg demuxes it): the
+    segments (also appended to ``into`` as they come) and every info update."""
+    segments: list[Segment] = [] if into is None else into
     infos: list[MediaInfo] = []
     Segmenter("t", settings or SegmenterSettings(), first_seq=0, discontinuity=False, on_info=infos.append,
-              on_segment=lambda s, _latency: segments.append(s)).run(queue)
+              on_segment=lambda s, _latency: segments.append(s)).run(io.BytesIO(data))
+    return segments, infos
+
+
+def cut_flv_tags(tags: list[tuple[int, int, bytes]], settings: SegmenterSettings | None = None, *,
+                 into: list[Segment] | None = None) -> tuple[list[Segment], list[MediaInfo]]:
+    """Segment FLV tags (RTMP messages) as the RTMP ingest does: its FlvWriter holds the start,
+    FlvPackets makes the packets (FFmpeg demuxes only the start). Script tags are left out."""
+    settings = settings or SegmenterSettings()
+    segments: list[Segment] = [] if into is None else into
+    infos: list[MediaInfo] = []
+    cutter = SegmentCutter("t", settings, first_seq=0, discontinuity=False, on_info=infos.append,
+                           on_segment=lambda s, _latency: segments.append(s))
+    writer = FlvWriter()
+    packets = FlvPackets(settings, "t")
+    now = time.monotonic()
+    try:
+        for tag_type, ts, body in tags:
+            if tag_type not in (TAG_AUDIO, TAG_VIDEO):
+                continue
+            if not writer.started:
+                if start := writer.media(tag_type, ts, body):
+                    packets.start(start, now)
+            elif writer.admit(tag_type):
+                packets.push(cutter, [(tag_type, ts, body)], now)
+        if start := writer.flush():
+            packets.start(start, now)
+        packets.end(cutter, now)
+    finally:
+        packets.close()
     return segments, infos
 
 

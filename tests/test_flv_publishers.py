@@ -23,11 +23,10 @@ import pytest
 from streamgw.errors import KeyframeTimeout
 from streamgw.ingest.rtmp import chunk
 from streamgw.ingest.rtmp.flv import TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO, FlvWriter
-from streamgw.media.bytequeue import ByteQueue
-from streamgw.media.segmenter import MediaInfo, Segmenter, SegmenterSettings
+from streamgw.media.segmenter import MediaInfo, SegmenterSettings
 from streamgw.segment import Segment
 from tests.conftest import FFMPEG, RunningGateway
-from tests.media import cut_bytes, decode_errors, parse_playlist, probe_segment
+from tests.media import cut_bytes, cut_flv_tags, decode_errors, parse_playlist, probe_segment
 from tests.rtmpclient import open_client, read_flv_tags
 
 Tag = tuple[int, int, bytes]
@@ -107,6 +106,21 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[Tag]:
     return _flv(tmp_path_factory.mktemp("flv") / "src.flv")
 
 
+Cut = Callable[..., tuple[list[Segment], list[MediaInfo]]]
+
+
+def _demuxed(tags: list[Tag], settings: SegmenterSettings | None = None, *,
+             into: list[Segment] | None = None) -> tuple[list[Segment], list[MediaInfo]]:
+    return cut_bytes(_file(tags), settings, into=into)
+
+
+@pytest.fixture(params=[_demuxed, cut_flv_tags], ids=["ffmpeg-demuxed", "rtmp-packets"])
+def cut(request: pytest.FixtureRequest) -> Cut:
+    """Each case is cut both ways: an FLV byte stream demuxed by FFmpeg (files, tests), and RTMP
+    messages made into packets directly (the RTMP ingest)."""
+    return request.param  # type: ignore[no-any-return]
+
+
 def _aud_sei_first(tags: list[Tag]) -> list[Tag]:
     """An AUD and an SEI in front of every picture's slices (many hardware encoders)."""
     sei = next(u for t in tags if _is_idr(t) for u in _nals(t[2]) if u[0] & 0x1F == 6)
@@ -123,16 +137,16 @@ def _in_band(tags: list[Tag]) -> list[Tag]:
 
 @pytest.mark.parametrize("variant", [lambda tags: tags, _aud_sei_first, _in_band],
                          ids=["sequence-header-only", "aud-sei-first", "in-band-parameter-sets"])
-def test_every_segment_starts_at_an_idr_with_its_parameter_sets(source: list[Tag],
+def test_every_segment_starts_at_an_idr_with_its_parameter_sets(source: list[Tag], cut: Cut,
                                                                 variant: Callable[[list[Tag]], list[Tag]]) -> None:
     tags = variant(source)
-    segments, _ = cut_bytes(_file(tags))
+    segments, _ = cut(tags)
     assert len(segments) == 3  # 5 s, IDR every second, 2 s segments
     _check_each_decodes(segments)
     assert sum(probe_segment(s.data).video_frames for s in segments) == _pictures(tags)
 
 
-def test_keyframes_that_are_not_idrs_start_no_segment(tmp_path: Path) -> None:
+def test_keyframes_that_are_not_idrs_start_no_segment(tmp_path: Path, cut: Cut) -> None:
     """x264 with scene cuts (GStreamer's x264enc does the same in front of its IDRs) sends I
     pictures that are not IDRs, and FFmpeg's demuxer flags them as keyframes. A segment cut there
     has no parameter sets (the muxer adds them in front of IDRs only) and does not decode alone:
@@ -143,32 +157,33 @@ def test_keyframes_that_are_not_idrs_start_no_segment(tmp_path: Path) -> None:
     base = next(ts for t, ts, b in tags if _is_picture((t, ts, b)))  # past the AAC priming
     idrs = [ts - base for t, ts, b in tags if _is_idr((t, ts, b))]
     assert idrs[1:3] == [967, 1967]  # the white picture: an IDR, and the I picture after it
-    segments, _ = cut_bytes(_file(tags), SegmenterSettings(target_duration=Fraction(21, 10)))
+    segments, _ = cut(tags, SegmenterSettings(target_duration=Fraction(21, 10)))
     _check_each_decodes(segments)
     assert [s.start_pts - base for s in segments] == [0, 2967, 4967]
     assert sum(probe_segment(s.data).video_frames for s in segments) == _pictures(tags)
 
 
-def test_an_open_gop_stream_is_cut_at_its_i_pictures(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_open_gop_stream_is_cut_at_its_i_pictures(tmp_path: Path, cut: Cut,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     """x264's open GOP sends no IDR after the first: after twice the target a segment starts at an
     I picture, with the parameter sets put in front of it."""
     tags = _flv(tmp_path / "open.flv", x264=["-preset", "veryfast", "-bf", "2", "-x264-params", "open-gop=1"])
     assert sum(_is_idr(t) for t in tags) == 1
     with caplog.at_level(logging.WARNING, logger="streamgw.media.segmenter"):
-        segments, _ = cut_bytes(_file(tags))
+        segments, _ = cut(tags)
     assert len(segments) == 2 and segments[0].duration_seconds == pytest.approx(4.0)
     assert "non-existing PPS" not in decode_errors(segments[1].data)
     assert probe_segment(segments[1].data).first_frame_key
     assert any("no IDR picture for 3.8 s" in r.getMessage() for r in caplog.records)
 
 
-def test_a_sequence_header_that_changes_mid_stream(tmp_path: Path) -> None:
+def test_a_sequence_header_that_changes_mid_stream(tmp_path: Path, cut: Cut) -> None:
     """2 s of 320x180 High, then (new AVC sequence header, new SPS/PPS) 4 s of 640x360 Main: each
     segment carries the parameter sets in force, and the new size starts a discontinuity."""
     first = _flv(tmp_path / "a.flv", seconds=2)
     second = _flv(tmp_path / "b.flv", size="640x360", seconds=4, start=2, profile="main")
     joined = first + [t for t in second if t[0] == TAG_VIDEO]  # one audio track: the first's
-    segments, infos = cut_bytes(_file(joined))
+    segments, infos = cut(joined)
     _check_each_decodes(segments)
     sizes = [(probe_segment(s.data).width, probe_segment(s.data).height) for s in segments]
     assert sizes == [(320, 180), (640, 360), (640, 360)]
@@ -176,7 +191,7 @@ def test_a_sequence_header_that_changes_mid_stream(tmp_path: Path) -> None:
     assert (infos[-1].width, infos[-1].height) == (640, 360)
 
 
-def test_pictures_stamped_in_the_same_millisecond_are_all_kept(source: list[Tag],
+def test_pictures_stamped_in_the_same_millisecond_are_all_kept(source: list[Tag], cut: Cut,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """A live GStreamer source on a loaded machine stamps two pictures alike; both are kept."""
     tags = list(source)
@@ -186,33 +201,45 @@ def test_pictures_stamped_in_the_same_millisecond_are_all_kept(source: list[Tag]
         t, _, body = tags[i]
         tags[i] = (t, tags[prev][1], body)
     with caplog.at_level(logging.WARNING, logger="streamgw.media.segmenter"):
-        segments, _ = cut_bytes(_file(tags))
+        segments, _ = cut(tags)
     _check_each_decodes(segments)
     assert sum(probe_segment(s.data).video_frames for s in segments) == _pictures(tags)
     assert any("kept one tick later" in r.getMessage() for r in caplog.records)
 
 
-def test_the_tail_of_a_stream_whose_video_stops_is_kept(tmp_path: Path) -> None:
+def test_the_tail_of_a_stream_whose_video_stops_is_kept(tmp_path: Path, cut: Cut) -> None:
     """Video stops at 2.5 s, audio goes on: the stream ends at the keyframe timeout, and what came
     since the last cut is written as its last segment first."""
     tags = _flv(tmp_path / "long.flv", seconds=8)
     cut_at = 2500
     tags = [t for t in tags if t[0] != TAG_VIDEO or t[2][1] == 0 or t[1] < cut_at]
-    queue = ByteQueue()
-    queue.write(_file(tags))
-    queue.close()
     segments: list[Segment] = []
-    infos: list[MediaInfo] = []
-    seg = Segmenter("t", SegmenterSettings(keyframe_timeout=Fraction(3)), first_seq=0, discontinuity=False,
-                    on_info=infos.append, on_segment=lambda s, _latency: segments.append(s))
     with pytest.raises(KeyframeTimeout):
-        seg.run(queue)
+        cut(tags, SegmenterSettings(keyframe_timeout=Fraction(3)), into=segments)
     assert len(segments) == 2
     _check_each_decodes(segments)
     assert sum(probe_segment(s.data).video_frames for s in segments) == _pictures(tags) == 75
     tail = probe_segment(segments[-1].data)
     assert tail.audio_frames > (5.0 - 2.0) * 48000 / 1024 - 2  # audio on to the timeout (2 s + 3 s)
     assert segments[-1].duration_seconds == pytest.approx(3.0, abs=0.05)
+
+
+def test_rtmp_packets_are_those_ffmpeg_demuxes(tmp_path: Path, source: list[Tag]) -> None:
+    """The RTMP ingest makes packets from the messages itself (FFmpeg demuxes only the start): the
+    segments are byte for byte those of FFmpeg's FLV demuxer, over B-frames, in-band parameter
+    sets, a 44.1 kHz tone and a new sequence header mid-stream."""
+    bframes = _flv(tmp_path / "b.flv", seconds=4, x264=["-preset", "veryfast", "-bf", "3"])
+    first = _flv(tmp_path / "c.flv", seconds=2)
+    resized = first + [t for t in _flv(tmp_path / "d.flv", size="640x360", seconds=3, start=2)
+                       if t[0] == TAG_VIDEO]
+    for tags in (source, _in_band(source), bframes, resized):
+        direct, direct_infos = cut_flv_tags(tags)
+        demuxed, demuxed_infos = _demuxed(tags)
+        assert [s.data for s in direct] == [s.data for s in demuxed]
+        assert [(s.start_pts, s.duration, s.discontinuity) for s in direct] == \
+            [(s.start_pts, s.duration, s.discontinuity) for s in demuxed]
+        assert (direct_infos[-1].width, direct_infos[-1].height, direct_infos[-1].sample_rate) == \
+            (demuxed_infos[-1].width, demuxed_infos[-1].height, demuxed_infos[-1].sample_rate)
 
 
 # ---- the FLV the RTMP ingest writes -----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from fractions import Fraction
+from pathlib import Path
 
 from streamgw.gateway.hub import Hub, StreamEnded
 from streamgw.output.hls import HlsOutput, RenditionPlaylist, Variant, master_playlist
@@ -98,3 +99,52 @@ def test_hub_drops_oldest_for_a_slow_subscriber() -> None:
         assert slow.dropped == 3 and hub.dropped["whep"] == 3
 
     asyncio.run(main())
+
+
+def test_playlist_text_is_rendered_again_only_when_it_changes() -> None:
+    out = HlsOutput(window=6, wall_clock=lambda: 1000.0)
+    out.handle(seg(0))
+    first = out.media_playlist_bytes("s", "source")
+    assert first is not None and first is out.media_playlist_bytes("s", "source")  # cached
+    out.handle(seg(1))
+    second = out.media_playlist_bytes("s", "source")
+    assert second is not None and second != first and second.decode() == out.media_playlist("s", "source")
+    out.handle(StreamEnded("s"))
+    ended = out.media_playlist_bytes("s", "source")
+    assert ended is not None and parse_playlist(ended.decode()).ended
+
+
+def test_hls_serving_answers_as_the_routes_do() -> None:
+    """The layer in front of FastAPI gives players the same answers the API's routes give: body,
+    status and headers (CORS included, as the app's middleware adds it), for GET and HEAD; what
+    it does not know goes on to the app (a 404 with its JSON detail)."""
+    import httpx
+
+    from streamgw.api.app import create_app
+    from streamgw.api.hls import HlsServing
+    from streamgw.gateway.publishers import Publishers, PublisherSettings
+    from streamgw.metrics import Metrics
+
+    async def scenario() -> None:
+        hub = Hub()
+        out = HlsOutput(window=6, wall_clock=lambda: 1000.0)
+        out.handle(seg(0))
+        out.handle(seg(1))
+        app = create_app(Publishers(hub, PublisherSettings()), out, Metrics(), web_dir=Path("web"))
+        name = parse_playlist(out.media_playlist("s", "source") or "").entries[0][1]
+        paths = ["/stream/s/source.m3u8", f"/stream/s/{name}", "/stream/s/nope.m3u8", "/stream/s/source/x.ts",
+                 "/stream/s/source/", "/stream/x/y/z/w"]
+        fast_app = HlsServing(app, out)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fast_app), base_url="http://t") as fast, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as routes:
+            for path in paths:
+                for method in ("GET", "HEAD"):
+                    for headers in ({}, {"Origin": "http://player.example"}):
+                        a = await fast.request(method, path, headers=headers)
+                        b = await routes.request(method, path, headers=headers)
+                        assert (a.status_code, a.content) == (b.status_code, b.content), (method, path)
+                        keep = ("content-type", "content-length", "cache-control", "access-control-allow-origin",
+                                "access-control-expose-headers")
+                        assert {k: a.headers.get(k) for k in keep} == {k: b.headers.get(k) for k in keep}, path
+
+    asyncio.run(scenario())

@@ -1,7 +1,7 @@
 """Misbehaving RTMP clients against a real gateway while a good ffmpeg publisher streams.
 
 Every bad client must be disconnected (and counted as a protocol error where it broke the
-protocol), leave no connection or segmenter thread behind, and the good stream must go on
+protocol), leave no connection or running cut behind, and the good stream must go on
 producing consecutive segments on time. One gateway and one good publisher serve the whole
 module: starting them per test would cost more than the tests themselves.
 """
@@ -13,7 +13,6 @@ import re
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ class Live:
 
     gw: RunningGateway
     proc: subprocess.Popen[str]
-    other_segmenters: set[threading.Thread]  # segmenter threads of other gateways, if any
 
     @property
     def port(self) -> int:
@@ -65,14 +63,13 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
-    others = set(_segmenter_threads())
     gw = start_gateway(
         rtmp_handshake_timeout=HANDSHAKE_TIMEOUT, rtmp_idle_timeout=IDLE_TIMEOUT, segment_duration=SEGMENT,
         playlist_window=10,
     )
     proc = start_publish(gw.rtmp_url(GOOD), seconds=900, size="320x240", fps=30, gop=15)
     try:
-        lv = Live(gw, proc, others)
+        lv = Live(gw, proc)
         gw.wait_for(lambda: lv.segments() >= 2 or proc.poll() is not None, 40, "the good stream's first segments")
         assert proc.poll() is None, f"the good publisher exited: {proc.communicate()[1]}"
         yield lv
@@ -96,13 +93,9 @@ def good(live: Live) -> Iterator[Live]:
     assert_no_harm(live, before, started)
 
 
-def _segmenter_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("segmenter-")]
-
-
 def segmenters(live: Live) -> list[str]:
-    """The names of the segmenter threads of the shared gateway."""
-    return sorted(t.name for t in _segmenter_threads() if t not in live.other_segmenters)
+    """The streams whose cut is running on the shared gateway's segmenter pool."""
+    return live.gw.node.publishers.cutting()
 
 
 def _playlist_seqs(text: str) -> list[int]:
@@ -115,8 +108,8 @@ def assert_no_harm(live: Live, before: int, started: float) -> None:
     gw = live.gw
     gw.wait_for(lambda: gw.node.rtmp.active_connections == 1, 10,
                 f"connections back to the good publisher (now {gw.node.rtmp.active_connections})")
-    gw.wait_for(lambda: segmenters(live) == [f"segmenter-{GOOD}"], 10,
-                f"only the good stream's segmenter thread (now {segmenters(live)})")
+    gw.wait_for(lambda: segmenters(live) == [GOOD], 10,
+                f"only the good stream's cut (now {segmenters(live)})")
     # Segments kept coming at the publisher's pace (real time): however long the test took, at
     # least half of them are there (slack for a loaded machine), and two more arrive promptly.
     elapsed = time.monotonic() - started
@@ -249,7 +242,7 @@ def test_publisher_disconnects_mid_video_message(good: Live) -> None:
     name = "bad-midchunk"
     errors = good.protocol_errors()
     client = _published(good.port, name)
-    good.gw.wait_for(lambda: f"segmenter-{name}" in segmenters(good), 5, "its segmenter started")
+    good.gw.wait_for(lambda: name in segmenters(good), 5, "its cut started")
     client.set_chunk_size(4096)
     data = client.writer.encode(6, chunk.VIDEO, client.stream_id, 0, b"\x17\x00" + os.urandom(20000))
     client.send_raw(data[:10000])  # mid-chunk: the third chunk is cut

@@ -22,9 +22,11 @@ from streamgw.errors import ConfigError
 from streamgw.media.rtc import RtcPacket
 from streamgw.media.vp8 import Backlog, Vp8Encoder, Vp8Settings
 from streamgw.output.whep import WhepOutput, WhepSettings, _Relay, _ViewerQueue
+from streamgw.segment import Segment
 from streamgw.webrtc import IceSettings, gather_candidates, new_peer_connection, offered_media, parse_ice_addresses
 from tests.conftest import RunningGateway, start_publish
 from tests.harness import Tone
+from tests.media import probe_segment
 
 LOOPBACK = IceSettings()  # host candidates on 127.0.0.1 only, no STUN
 
@@ -618,32 +620,48 @@ def test_ice_servers_setting() -> None:
     assert parse_ice_addresses("127.0.0.1,*,203.0.113.7=10.0.0.5")[2].advertise == "203.0.113.7"
 
 
-def test_audio_parameters_come_before_a_large_first_picture() -> None:
-    """The segmenter probes 32 KiB: a 720p IDR alone fills that, so AAC must be muxed ahead of it."""
+def test_whip_packets_go_to_the_cutter_with_both_streams_described() -> None:
+    """No MPEG-TS between the WHIP muxer and the cut: its packets reach a segment cutter directly,
+    and the templates they are muxed from describe both streams even when the first picture is a
+    large IDR (far over FFmpeg's 32 KiB probe) and the audio arrives 0.3 s after it."""
+    from streamgw.media.segmenter import SegmentCutter, SegmenterSettings
     from streamgw.media.whip_muxer import FrameQueue, QueuedFrame, WhipEncoding, WhipMuxer
 
-    buf = io.BytesIO()
-    encoder = WhipMuxer(WhipEncoding(), True, True, write=buf.write, tee_video=lambda *a: None,
+    segments: list[Segment] = []
+    cutter = SegmentCutter("t", SegmenterSettings(), first_seq=0, discontinuity=False, on_info=lambda _i: None,
+                           on_segment=lambda s, _latency: segments.append(s))
+    batches: list[tuple[int, bool]] = []
+
+    class Feed:
+        def feed(self, job: Callable[[SegmentCutter], None], *, size: int, urgent: bool) -> None:
+            batches.append((size, urgent))
+            job(cutter)
+
+    encoder = WhipMuxer(WhipEncoding(), True, True, cut=Feed(), tee_video=lambda *a: None,
                         tee_audio=lambda *a: None, tee_active=lambda: False)
     frames = FrameQueue(1000)
     t0 = time.monotonic()
     rng = np.random.default_rng(1)
-    for i in range(20):  # noise: the IDR is far over 32 KiB; the audio arrives 0.3 s late
+    for i in range(75):  # noise: the IDR is far over 32 KiB; the audio arrives 0.3 s late
         frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (720, 1280, 3), np.uint8), format="rgb24")
         frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
         frames.put(QueuedFrame("video", frame, t0 + i / 30))
-    for i in range(10):
-        audio = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
-        audio.sample_rate, audio.pts, audio.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
-        frames.put(QueuedFrame("audio", audio, t0 + 0.3 + i / 50))
+        if i >= 9:
+            audio = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
+            audio.sample_rate, audio.pts, audio.time_base = 48000, (i - 9) * 1600, fractions.Fraction(1, 48000)
+            frames.put(QueuedFrame("audio", audio, t0 + i / 30))
     frames.close()
     encoder.run(frames)
-    data = buf.getvalue()
-    assert len(data) > 3 * 32768
-    with av.open(io.BytesIO(data), format="mpegts",
-                 options={"analyzeduration": "100000", "probesize": "32768"}) as c:
-        assert c.streams.audio and c.streams.audio[0].codec_context.sample_rate == 48000
-        assert c.streams.video[0].codec_context.width == 1280
+    cutter.end(time.monotonic())
+    assert len(segments) == 2  # 2.5 s of pictures, a keyframe every 2 s
+    for segment in segments:
+        probe = probe_segment(segment.data)
+        assert (probe.width, probe.height) == (1280, 720) and probe.audio_frames > 0
+    with av.open(io.BytesIO(segments[0].data), format="mpegts") as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 48000
+    assert sum(probe_segment(s.data).video_frames for s in segments) == 75
+    assert batches[0] == (0, False)  # the cutter is opened with the templates first
+    assert any(urgent for _, urgent in batches)  # keyframes go at once
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from streamgw import __version__
+from streamgw.api.hls import PLAYLIST_CACHE, PLAYLIST_TYPE, SEGMENT_CACHE, SEGMENT_TYPE
 from streamgw.gateway.dispatcher import Dispatcher
 from streamgw.gateway.publishers import Publishers
 from streamgw.gateway.streams import LiveStream
@@ -33,11 +34,6 @@ from streamgw.metrics import Metrics
 from streamgw.output.hls import HlsOutput, RenditionPlaylist, Variant, master_playlist
 from streamgw.supervise import TaskStatus
 
-PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
-SEGMENT_TYPE = "video/mp2t"
-# Playlists change every segment; segments never change (their names are unique per publication).
-PLAYLIST_CACHE = "max-age=1"
-SEGMENT_CACHE = "public, max-age=86400, immutable"
 RTMP_APP = "live"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 

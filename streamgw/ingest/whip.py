@@ -41,7 +41,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamgw.errors import ProtocolError, StreamgwError
 from streamgw.media.h264 import is_idr
-from streamgw.media.whip_muxer import AccessUnit, FrameQueue, QueuedFrame, WhipEncoding, WhipMuxer
+from streamgw.media.whip_muxer import AccessUnit, CutFeed, FrameQueue, QueuedFrame, WhipEncoding, WhipMuxer
 from streamgw.webrtc import IceSettings, PeerSessions, answer_offer, new_peer_connection, offered_media, prefer_codecs
 from streamgw.webrtc.hooks import HOOKS, CopyTap, send_pli, tap_h264
 
@@ -52,16 +52,15 @@ log = logging.getLogger(__name__)
 # What a WHIP session talks to
 
 
-class PublishSink(Protocol):
-    """Where the MPEG-TS bytes go: the ingest's publisher (called on the event loop)."""
-
-    def write(self, data: bytes) -> None: ...
+class PublishSink(CutFeed, Protocol):
+    """Where the packets go: the gateway's publisher. ``feed`` is called from the muxer thread,
+    ``close`` on the event loop."""
 
     def close(self, *, clean: bool) -> None: ...
 
 
-OpenPublisher = Callable[[str, str, str], Awaitable[PublishSink]]
-"""``(stream, remote, input_format)`` -> a sink; raises StreamBusy, BadStreamName, CapacityError."""
+OpenPublisher = Callable[[str, str], Awaitable[PublishSink]]
+"""``(stream, remote)`` -> a sink; raises StreamBusy, BadStreamName, CapacityError."""
 
 
 class LiveTee(Protocol):
@@ -140,7 +139,6 @@ class WhipSession:
         self._thread_started = False
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
-        self._error: StreamgwError | None = None
 
     def take_tracks(self) -> None:
         """Pick the offered tracks (after the remote description); ProtocolError if none."""
@@ -164,7 +162,7 @@ class WhipSession:
         kinds = {t.kind for t in self.tracks}
         self.encoder = WhipMuxer(
             self.server.settings.encoding(), "video" in kinds, "audio" in kinds,
-            write=self._threadsafe(self._deliver),
+            cut=sink,
             tee_video=self._threadsafe(self._tee_video),
             tee_audio=self._threadsafe(self._tee_audio),
             tee_active=lambda: tee is not None and tee.active,
@@ -232,16 +230,6 @@ class WhipSession:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to deliver to
                 self._loop.call_soon_threadsafe(fn, *args)
         return call
-
-    def _deliver(self, data: bytes) -> None:
-        if self.sink is None or self._error is not None:
-            return
-        try:
-            self.sink.write(data)
-        except StreamgwError as exc:
-            self._error = exc
-            log.warning("stream %s: WHIP publisher dropped: %s", self.stream, exc)
-            self.server.peers.spawn(self.close(clean=False))
 
     def _tee_video(self, data: bytes, pts: int, keyframe: bool) -> None:
         if self.tee is not None:
@@ -350,7 +338,7 @@ class WhipServer:
                         prefer_codecs(transceiver, ["video/H264"])  # copied as it is (or cheaper to decode than VP8)
                 answer = await self.peers.negotiate(answer_offer(pc, offer, self.ice, session.take_tracks))
                 # The stream exists from here on (this also refuses a name already live).
-                sink = await self.open_publisher(stream, f"whip:{remote}", "mpegts")
+                sink = await self.open_publisher(stream, f"whip:{remote}")
                 self.peers.check_open()
             except BaseException:
                 if sink is not None:

@@ -1,6 +1,9 @@
-"""Cut a live FLV byte stream into self-contained MPEG-TS segments with PyAV, without re-encoding.
+"""Cut a publisher's packets into self-contained MPEG-TS segments with PyAV, without re-encoding.
 
-Runs in a worker thread (PyAV blocks and releases the GIL); it never touches the event loop.
+:class:`SegmentCutter` takes packets one at a time (the RTMP ingest's, made from its messages by
+:mod:`streamgw.media.flv_packets`; the WHIP muxer's own); :class:`Segmenter` demuxes a byte
+stream (a file, FLV or MPEG-TS) with FFmpeg and hands its packets to one. Both run in a worker
+thread (PyAV releases the GIL while it muxes); never on the event loop.
 Every segment starts with PAT/PMT and an IDR frame (the mpegts muxer inserts
 ``h264_mp4toannexb``, which puts SPS/PPS in front of each IDR), keeps the input's timestamps so
 that consecutive segments are continuous, and carries the audio.
@@ -15,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -35,15 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class ByteSource(Protocol):
-    """What the demuxer reads: blocking ``read`` returning b"" at end of input."""
-
-    first_arrival: float  # time.monotonic() of the first byte written, 0.0 before
-    last_arrival: float  # time.monotonic() of the last byte read
+    """What the demuxer reads: ``read`` returning b"" at end of input (a file, a BytesIO)."""
 
     def read(self, n: int = -1) -> bytes: ...
-
-    def batch(self) -> None:
-        """Probing is over: deliver data in batches (keyframes still at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +92,8 @@ class _Cut:
     """The segment being written: one mpegts muxer into memory."""
 
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool,
-                 audio_format: AudioFormat | None = None, video_config: bytes | None = None) -> None:
+                 audio_format: AudioFormat | None = None, video_config: bytes | None = None,
+                 audio_config: bytes | None = None) -> None:
         self.buf = io.BytesIO()
         # One SDT at most (it is written once at the start), which finish() removes.
         self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
@@ -107,6 +104,9 @@ class _Cut:
             if s.type == "audio" and audio_format is not None:
                 out.sample_rate = audio_format.sample_rate
                 out.layout = audio_format.layout
+            if s.type == "audio" and audio_config is not None:
+                # Raw AAC frames (an encoder's) with their AudioSpecificConfig: the muxer adds ADTS.
+                out.extradata = audio_config
             elif s.type == "video" and video_config is not None:
                 # The latest sequence header: the parameter sets the muxer puts in front of the
                 # segment's first IDR when the publisher does not repeat them in-band.
@@ -166,6 +166,7 @@ class _VideoConfig:
         self.length_size: int | None = None
         self.size: tuple[int, int] | None = None
         self._parameter_sets = b""  # SPS and PPS NAL units in the stream's AVCC framing
+        self._changed = False
         self._take(extradata)
 
     def _take(self, data: bytes | None) -> None:
@@ -184,6 +185,21 @@ class _VideoConfig:
         """Take the new sequence header a video packet carries, if it carries one."""
         if packet.has_sidedata("new_extradata"):
             self._take(bytes(packet.get_sidedata("new_extradata")))
+
+    def replace(self, record: bytes) -> None:
+        """Take a new sequence header handed over apart from the packets (direct FLV packets).
+
+        The muxer cannot be given it mid-segment, so a changed one starts the next segment: see
+        :meth:`take_changed`.
+        """
+        if record != self.record:
+            self._take(record)
+            self._changed = self.record == record
+
+    def take_changed(self) -> bool:
+        """Whether :meth:`replace` changed the sequence header since the last call."""
+        changed, self._changed = self._changed, False
+        return changed
 
     def starts_idr(self, packet: Any) -> bool:
         """Whether a video packet holds an IDR picture (where a self-contained segment can start)."""
@@ -208,13 +224,24 @@ class _VideoConfig:
         return out
 
 
-class Segmenter:
-    """Reads one publisher's byte stream and emits :class:`Segment` values until end of input.
+def pick_streams(container: Any) -> tuple[Any, Any]:
+    """The streams a segment carries: the first H.264 video and the first AAC or MP3 audio."""
+    videos = [s for s in container.streams.video if s.codec_context.name == "h264"]
+    audios = [s for s in container.streams.audio if s.codec_context.name in ("aac", "mp3")]
+    if not videos and not audios:
+        raise MediaError("published stream has neither H.264 video nor AAC audio")
+    return (videos[0] if videos else None), (audios[0] if audios else None)
 
-    ``on_info`` is called after probing and again when the picture size changes, ``on_segment``
-    for each finished segment with ``latency`` = seconds from the arrival of the bytes that closed
-    it to its emission. Both run in the worker thread: the caller hands values to its event loop
-    thread-safely.
+
+class SegmentCutter:
+    """Cuts one publisher's packets, pushed one at a time, into :class:`Segment` values.
+
+    The packets belong to ``video`` and ``audio``, a demuxer's streams (each segment's muxer copies
+    its streams from them), or are made to look as if they did (:mod:`streamgw.media.flv_packets`
+    builds them from RTMP messages without FFmpeg's demuxer). ``on_info`` is called once the
+    streams are known and again when what is measured changes; ``on_segment`` for each finished
+    segment with ``latency`` = seconds from ``arrival`` of the packet that closed it to its
+    emission. Everything runs in the calling thread, which must not be the event loop's (PyAV).
     """
 
     def __init__(
@@ -233,161 +260,224 @@ class Segmenter:
         self._discontinuity = discontinuity
         self._on_info = on_info
         self._on_segment = on_segment
-        self._probed = 0.0
         self.dropped_packets = 0  # packets whose dts went back past the one before within a segment
         self.retimed_packets = 0  # packets whose dts only collided with the one before: kept one tick on
         self.recovery_cuts = 0  # segments started at a keyframe that is not an IDR (no IDR came)
         self.timestamp_resets = 0  # keyframes whose timestamp went back: new segment, discontinuity
+        self._video: Any = None
+        self._audio: Any = None
+        self._clock: Any = None
+        self._tb = Fraction(1)
+        self._probe_seconds = 0.0
+        self._learning: list[Any] | None = None  # packets held while the audio format is unknown
+        self._learning_bytes = 0
+        self._learning_first: int | None = None
+        self._started = False
+        self._audio_config: bytes | None = None
 
-    def run(self, source: ByteSource) -> None:
-        """Segment everything ``source`` delivers. Raises :class:`MediaError` on bad media."""
-        options = {
-            "analyzeduration": str(int(self.settings.probe_duration * 1_000_000)),
-            "probesize": "32768",
-        }
-        started = time.monotonic()
-        try:
-            container = av.open(source, "r", format=self.settings.input_format, options=options)
-        except (av.error.FFmpegError, EOFError) as exc:
-            raise MediaError(f"cannot open published stream: {exc}") from exc
-        self._probed = time.monotonic() - max(started, source.first_arrival)
-        source.batch()
-        try:
-            self._segment(container, source)
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"segmenter failed: {exc}") from exc
-        finally:
-            container.close()
+    # -- set-up
 
-    def _segment(self, container: Any, source: ByteSource) -> None:
-        videos = [s for s in container.streams.video if s.codec_context.name == "h264"]
-        audios = [s for s in container.streams.audio if s.codec_context.name in ("aac", "mp3")]
-        if not videos and not audios:
+    def open(self, video: Any, audio: Any, *, probe_seconds: float = 0.0, audio_config: bytes | None = None) -> None:
+        """Start with these streams (either may be None). Raises :class:`MediaError` with neither.
+
+        ``audio_config``: the AudioSpecificConfig of raw AAC packets whose stream does not carry
+        one (a template probed from ADTS).
+        """
+        self._audio_config = audio_config
+        if video is None and audio is None:
             raise MediaError("published stream has neither H.264 video nor AAC audio")
-        video = videos[0] if videos else None
-        audio = audios[0] if audios else None
-        clock = video if video is not None else audios[0]
-        tb = Fraction(clock.time_base)
-        packets: Iterator[Any] = _demux(container, [s for s in (video, audio) if s is not None], self.stream_id)
-        audio_format: AudioFormat | None = None
+        self._video, self._audio = video, audio
+        self._clock = video if video is not None else audio
+        self._tb = Fraction(self._clock.time_base)
+        self._probe_seconds = probe_seconds
         if audio is not None and not (audio.codec_context.sample_rate > 0 and audio.codec_context.channels > 0):
-            held, audio_format = self._learn_audio(packets, audio, clock, tb)
-            packets = itertools.chain(held, packets)
-            if audio_format is None:
-                wait = float(max(self.settings.target_duration, AUDIO_WAIT))
-                if video is None:
-                    raise MediaError(f"no decodable audio frame in the first {wait:.1f} s")
-                log.warning("stream %s: no decodable audio frame in the first %.1f s: video only",
-                            self.stream_id, wait)
-                audio = None
-        streams = [s for s in (video, audio) if s is not None]
-        wanted = {s.index for s in streams}
-        info = dataclasses.replace(_media_info(video, audio, audio_format), probe_seconds=round(self._probed, 4))
-        self._on_info(info)
-        target = int(self.settings.target_duration * Fraction(0.95) / tb)
-        timeout = int(self.settings.keyframe_timeout / tb)
-        config = _VideoConfig(video.codec_context.extradata if video is not None else None)
-        cut: _Cut | None = None
-        first_seen: int | None = None
-        last_end = 0
-        media_end = 0  # where the latest packet of any stream ends, in the clock's time base
-        clock_last = 0  # the clock stream's latest timestamp in the current segment
-        size = (info.width, info.height) if info.width and info.height else None
-        fps_measured = False
-        last_key: int | None = None
-        intervals: collections.deque[int] = collections.deque(maxlen=_KEYFRAME_INTERVALS)
+            # Probing ended before the first audio frame: read on to one, holding what comes.
+            self._learning = []
+            return
+        self._begin(None)
 
+    def _begin(self, audio_format: AudioFormat | None) -> None:
+        video, audio, tb = self._video, self._audio, self._tb
+        self._streams = [s for s in (video, audio) if s is not None]
+        self._wanted = {s.index for s in self._streams}
+        info = _media_info(video, audio, audio_format)
+        self._info = dataclasses.replace(info, probe_seconds=round(self._probe_seconds, 4))
+        self._on_info(self._info)
+        self._audio_format = audio_format
+        self._target = int(self.settings.target_duration * Fraction(0.95) / tb)
+        self._timeout = int(self.settings.keyframe_timeout / tb)
+        self._config = _VideoConfig(video.codec_context.extradata if video is not None else None)
+        self._cut: _Cut | None = None
+        self._first_seen: int | None = None
+        self._last_end = 0
+        self._media_end = 0  # where the latest packet of any stream ends, in the clock's time base
+        self._clock_last = 0  # the clock stream's latest timestamp in the current segment
+        info = self._info
+        self._size = (info.width, info.height) if info.width and info.height else None
+        self._fps_measured = False
+        self._last_key: int | None = None
+        self._intervals: collections.deque[int] = collections.deque(maxlen=_KEYFRAME_INTERVALS)
         # Each stream's time base to the clock's, as integers: Fraction arithmetic per packet cost
         # as much CPU as demuxing and muxing together.
-        scale = {s.index: _ratio(Fraction(s.time_base) / tb) for s in streams}
+        self._scale = {s.index: _ratio(Fraction(s.time_base) / tb) for s in self._streams}
+        self._started = True
 
-        def new_cut(start: int, discontinuity: bool) -> _Cut:
-            return _Cut(streams, start, discontinuity, audio_format, config.record)
+    def _learn(self, packet: Any, arrival: float) -> None:
+        """Hold ``packet`` while looking for the first decodable audio frame (its parameters)."""
+        assert self._learning is not None
+        self._learning.append(packet)
+        self._learning_bytes += packet.size
+        if self._learning_bytes > self.settings.max_segment_bytes:
+            raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
+        if packet.stream is self._audio and packet.size:
+            audio_format = decoded_audio_format(packet)
+            if audio_format is not None:
+                self._learned(audio_format, arrival)
+                return
+        if packet.stream is self._clock and packet.dts is not None:
+            ts = int(Fraction(packet.dts) * Fraction(packet.time_base) / self._tb)
+            first = self._learning_first = ts if self._learning_first is None else self._learning_first
+            if ts - first > int(max(self.settings.target_duration, AUDIO_WAIT) / self._tb):
+                self._learned(None, arrival)
 
-        for packet in packets:
-            if packet.dts is None or packet.size == 0 or packet.stream.index not in wanted:
-                continue
-            pts = packet.pts if packet.pts is not None else packet.dts
-            num, den = scale[packet.stream.index]
-            ts = _rescale(pts, num, den)
-            idr = False
-            if packet.stream is video:
-                config.update(packet)
-                # An IDR starts a segment that decodes on its own; the demuxer also flags other I
-                # pictures (GStreamer's x264enc sends one in front of each IDR). A stream without
-                # IDRs at the target (x264's open GOP) is cut at those after twice the target.
-                idr = config.starts_idr(packet)
-                is_cut_point = idr or (bool(packet.is_keyframe) and cut is not None
-                                       and ts - cut.start_pts >= 2 * target)
+    def _learned(self, audio_format: AudioFormat | None, arrival: float) -> None:
+        """The audio format is known (or will not be): start, and cut what was held."""
+        held, self._learning = self._learning or [], None
+        if audio_format is None:
+            wait = float(max(self.settings.target_duration, AUDIO_WAIT))
+            if self._video is None:
+                raise MediaError(f"no decodable audio frame in the first {wait:.1f} s")
+            log.warning("stream %s: no decodable audio frame in the first %.1f s: video only",
+                        self.stream_id, wait)
+            self._audio = None
+        self._begin(audio_format)
+        for packet in held:
+            self._push(packet, arrival)
+
+    # -- the cut
+
+    def push(self, packet: Any, arrival: float) -> None:
+        """Cut one packet; ``arrival`` is when its bytes reached the gateway (time.monotonic()).
+
+        Raises :class:`MediaError` on media that cannot be segmented (the stream ends);
+        :class:`KeyframeTimeout` and :class:`SegmentTooLarge` after emitting what was cut.
+        """
+        try:
+            if self._learning is not None:
+                self._learn(packet, arrival)
             else:
-                is_cut_point = video is None
-            if packet.stream is clock and is_cut_point:
-                # A new picture size starts a new segment at once, marked as a discontinuity
-                # (RFC 8216 6.2.1: encoding parameters changed): one size per segment.
-                new_size = (picture_size(packet) or config.size) if video is not None else None
-                resized = new_size is not None and new_size != size
-                if new_size is not None and resized:
-                    size = new_size
-                    info = dataclasses.replace(info, width=size[0], height=size[1])
-                    self._on_info(info)
-                if video is not None:
-                    if last_key is not None and ts > last_key:
-                        intervals.append(ts - last_key)
-                        info = self._measure_keyframes(info, float(max(intervals) * tb))
-                    last_key = ts
-                went_back = cut is not None and ts < clock_last
-                if went_back and cut is not None:
-                    # The clock's timestamps restarted (a publisher looping a file, an encoder
-                    # reset): close the segment where it got to and start one marked as a
-                    # discontinuity (RFC 8216 6.2.1: timestamps are no longer continuous).
-                    if last_end > cut.start_pts:
-                        self._emit(cut, last_end - cut.start_pts, tb, source)
-                    self.timestamp_resets += 1
-                    log.warning("stream %s: timestamps went back %.3f s at a keyframe: new segment, "
-                                "marked as a discontinuity", self.stream_id, float((clock_last - ts) * tb))
-                    cut = new_cut(ts, True)
-                    last_end = clock_last = media_end = ts
-                elif cut is None:
-                    cut = new_cut(ts, self._discontinuity)
-                elif ts - cut.start_pts >= target or (resized and ts > cut.start_pts):
-                    if not fps_measured and ts - cut.start_pts >= target and video is not None:
-                        fps_measured = True
-                        info = self._measure_fps(info, cut.pictures / float((ts - cut.start_pts) * tb))
-                    self._emit(cut, ts - cut.start_pts, tb, source)
-                    cut = new_cut(ts, resized)
-            end = ts + _rescale(packet.duration or 0, num, den)
-            if packet.stream is clock:
-                last_end = max(last_end, end)
-                clock_last = max(clock_last, ts)
-            if cut is None:
-                first_seen = ts if first_seen is None else first_seen
-                if ts - first_seen > timeout:
-                    raise KeyframeTimeout(
-                        f"no keyframe in the first {float(self.settings.keyframe_timeout):.1f} s"
-                    )
-                continue
-            if cut.size + packet.size > self.settings.max_segment_bytes:
-                self._emit_tail(cut, max(last_end, media_end), tb, source)
-                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
-            if packet.stream is video and not idr and cut.size == 0:
-                if self.recovery_cuts == 0:
-                    log.warning("stream %s: no IDR picture for %.1f s: segments start at other keyframes, "
-                                "with the parameter sets in front", self.stream_id, float(2 * target * tb))
-                self.recovery_cuts += 1
-                packet = config.with_parameter_sets(packet)
-            self._mux(cut, packet)
-            media_end = max(media_end, end)
-            if ts - cut.start_pts > timeout:
-                # Video stopped and audio goes on (a camera unplugged, the microphone live): what
-                # came since the last cut is the stream's last segment, then the stream ends.
-                self._emit_tail(cut, max(last_end, media_end), tb, source)
-                raise KeyframeTimeout(
-                    f"no keyframe for {float(self.settings.keyframe_timeout):.1f} s"
-                )
-        if cut is not None and last_end > cut.start_pts:
-            self._emit(cut, last_end - cut.start_pts, tb, source)
-        elif cut is not None:
-            self._emit_tail(cut, media_end, tb, source)
+                self._push(packet, arrival)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"segmenter failed: {exc}") from exc
+
+    def end(self, arrival: float) -> None:
+        """The input ended: emit what the current segment holds (nothing is lost)."""
+        try:
+            if self._learning is not None:
+                self._learned(None, arrival)
+            cut = self._cut if self._started else None
+            if cut is not None and self._last_end > cut.start_pts:
+                self._emit(cut, self._last_end - cut.start_pts, arrival)
+            elif cut is not None:
+                self._emit_tail(cut, self._media_end, arrival)
+            self._cut = None
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"segmenter failed: {exc}") from exc
+
+    def _push(self, packet: Any, arrival: float) -> None:
+        if packet.dts is None or packet.size == 0 or packet.stream.index not in self._wanted:
+            return
+        video, clock, tb, target, config = self._video, self._clock, self._tb, self._target, self._config
+        pts = packet.pts if packet.pts is not None else packet.dts
+        num, den = self._scale[packet.stream.index]
+        ts = _rescale(pts, num, den)
+        cut = self._cut
+        idr = False
+        if packet.stream is video:
+            config.update(packet)
+            # An IDR starts a segment that decodes on its own; the demuxer also flags other I
+            # pictures (GStreamer's x264enc sends one in front of each IDR). A stream without
+            # IDRs at the target (x264's open GOP) is cut at those after twice the target.
+            idr = config.starts_idr(packet)
+            is_cut_point = idr or (bool(packet.is_keyframe) and cut is not None
+                                   and ts - cut.start_pts >= 2 * target)
+        else:
+            is_cut_point = video is None
+        if packet.stream is clock and is_cut_point:
+            cut = self._at_cut_point(packet, ts, arrival, config.take_changed())
+        end = ts + _rescale(packet.duration or 0, num, den)
+        if packet.stream is clock:
+            self._last_end = max(self._last_end, end)
+            self._clock_last = max(self._clock_last, ts)
+        if cut is None:
+            first = self._first_seen = ts if self._first_seen is None else self._first_seen
+            if ts - first > self._timeout:
+                raise KeyframeTimeout(f"no keyframe in the first {float(self.settings.keyframe_timeout):.1f} s")
+            return
+        if cut.size + packet.size > self.settings.max_segment_bytes:
+            self._emit_tail(cut, max(self._last_end, self._media_end), arrival)
+            raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
+        if packet.stream is video and not idr and cut.size == 0:
+            if self.recovery_cuts == 0:
+                log.warning("stream %s: no IDR picture for %.1f s: segments start at other keyframes, "
+                            "with the parameter sets in front", self.stream_id, float(2 * target * tb))
+            self.recovery_cuts += 1
+            packet = config.with_parameter_sets(packet)
+        self._mux(cut, packet)
+        self._media_end = max(self._media_end, end)
+        if ts - cut.start_pts > self._timeout:
+            # Video stopped and audio goes on (a camera unplugged, the microphone live): what
+            # came since the last cut is the stream's last segment, then the stream ends.
+            self._emit_tail(cut, max(self._last_end, self._media_end), arrival)
+            raise KeyframeTimeout(f"no keyframe for {float(self.settings.keyframe_timeout):.1f} s")
+
+    def _at_cut_point(self, packet: Any, ts: int, arrival: float, new_config: bool) -> _Cut:
+        """A keyframe of the clock stream at ``ts``: start, go on with, or close the segment."""
+        video, tb, cut = self._video, self._tb, self._cut
+        # A new picture size starts a new segment at once, marked as a discontinuity
+        # (RFC 8216 6.2.1: encoding parameters changed): one size per segment. So do new
+        # parameter sets handed over apart from the packets (direct FLV packets), unmarked.
+        new_size = (picture_size(packet) or self._config.size) if video is not None else None
+        resized = new_size is not None and new_size != self._size
+        if new_size is not None and resized:
+            self._size = new_size
+            self._info = dataclasses.replace(self._info, width=new_size[0], height=new_size[1])
+            self._on_info(self._info)
+        if video is not None:
+            if self._last_key is not None and ts > self._last_key:
+                self._intervals.append(ts - self._last_key)
+                self._info = self._measure_keyframes(self._info, float(max(self._intervals) * tb))
+            self._last_key = ts
+        if cut is not None and ts < self._clock_last:
+            # The clock's timestamps restarted (a publisher looping a file, an encoder
+            # reset): close the segment where it got to and start one marked as a
+            # discontinuity (RFC 8216 6.2.1: timestamps are no longer continuous).
+            if self._last_end > cut.start_pts:
+                self._emit(cut, self._last_end - cut.start_pts, arrival)
+            self.timestamp_resets += 1
+            log.warning("stream %s: timestamps went back %.3f s at a keyframe: new segment, "
+                        "marked as a discontinuity", self.stream_id, float((self._clock_last - ts) * tb))
+            cut = self._new_cut(ts, True)
+            self._last_end = self._clock_last = self._media_end = ts
+        elif cut is None:
+            cut = self._new_cut(ts, self._discontinuity)
+        elif ts - cut.start_pts >= self._target or ((resized or new_config) and ts > cut.start_pts):
+            if not self._fps_measured and ts - cut.start_pts >= self._target and video is not None:
+                self._fps_measured = True
+                self._info = self._measure_fps(self._info, cut.pictures / float((ts - cut.start_pts) * tb))
+            self._emit(cut, ts - cut.start_pts, arrival)
+            cut = self._new_cut(ts, resized)
+        self._cut = cut
+        return cut
+
+    def video_config(self, record: bytes) -> None:
+        """A new AVC sequence header that came apart from the packets: the next IDR starts a segment."""
+        if self._started:
+            self._config.replace(record)
+
+    def _new_cut(self, start: int, discontinuity: bool) -> _Cut:
+        return _Cut(self._streams, start, discontinuity, self._audio_format, self._config.record,
+                    self._audio_config if self._audio is not None else None)
 
     def _mux(self, cut: _Cut, packet: Any) -> None:
         outcome = cut.mux(packet)
@@ -403,37 +493,10 @@ class Segmenter:
                 log.warning("stream %s: %s packet stamped no later than the one before was kept one tick "
                             "later (counted in retimed_packets)", self.stream_id, _a(packet.stream.type))
 
-    def _emit_tail(self, cut: _Cut, end: int, tb: Fraction, source: ByteSource) -> None:
+    def _emit_tail(self, cut: _Cut, end: int, arrival: float) -> None:
         """Emit what a segment holds when the stream ends before its next cut (nothing is lost)."""
         if cut.size and end > cut.start_pts:
-            self._emit(cut, end - cut.start_pts, tb, source)
-
-    def _learn_audio(self, packets: Iterator[Any], audio: Any, clock: Any,
-                     tb: Fraction) -> tuple[list[Any], AudioFormat | None]:
-        """Read on to the first decodable frame of ``audio``, whose parameters probing missed.
-
-        Returns the packets read (to be segmented as usual) and the format, or None when no audio
-        frame came within ``max(target_duration, AUDIO_WAIT)`` of media (or by the end of input).
-        """
-        held: list[Any] = []
-        size = 0
-        first: int | None = None
-        limit = int(max(self.settings.target_duration, AUDIO_WAIT) / tb)
-        for packet in packets:
-            held.append(packet)
-            size += packet.size
-            if size > self.settings.max_segment_bytes:
-                raise SegmentTooLarge(f"segment exceeds {self.settings.max_segment_bytes} bytes")
-            if packet.stream is audio and packet.size:
-                audio_format = decoded_audio_format(packet)
-                if audio_format is not None:
-                    return held, audio_format
-            if packet.stream is clock and packet.dts is not None:
-                ts = int(Fraction(packet.dts) * Fraction(packet.time_base) / tb)
-                first = ts if first is None else first
-                if ts - first > limit:
-                    break
-        return held, None
+            self._emit(cut, end - cut.start_pts, arrival)
 
     def _measure_keyframes(self, info: MediaInfo, interval: float) -> MediaInfo:
         """``info`` with the keyframe interval, reported when first measured or 10 % off."""
@@ -455,7 +518,7 @@ class Segmenter:
         self._on_info(info)
         return info
 
-    def _emit(self, cut: _Cut, duration: int, tb: Fraction, source: ByteSource) -> None:
+    def _emit(self, cut: _Cut, duration: int, arrival: float) -> None:
         data = cut.finish()
         segment = Segment(
             stream_id=self.stream_id,
@@ -463,13 +526,62 @@ class Segmenter:
             rendition="source",
             start_pts=cut.start_pts,
             duration=duration,
-            time_base=tb,
+            time_base=self._tb,
             data=data,
             discontinuity=cut.discontinuity,
         )
         self.next_seq += 1
-        latency = max(0.0, time.monotonic() - source.last_arrival)
-        self._on_segment(segment, latency)
+        self._on_segment(segment, max(0.0, time.monotonic() - arrival))
+
+
+class Segmenter:
+    """Demuxes one byte stream (FLV or MPEG-TS) with FFmpeg and cuts it with a :class:`SegmentCutter`.
+
+    For a whole file, or any source that is only bytes; the RTMP ingest hands packets to a cutter
+    without FFmpeg's demuxer (:mod:`streamgw.media.flv_packets`). ``on_info`` and ``on_segment``
+    run in the calling thread, as :meth:`run` does.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        settings: SegmenterSettings,
+        *,
+        first_seq: int,
+        discontinuity: bool,
+        on_info: Callable[[MediaInfo], None],
+        on_segment: Callable[[Segment, float], None],
+    ) -> None:
+        self.stream_id = stream_id
+        self.settings = settings
+        self.cutter = SegmentCutter(stream_id, settings, first_seq=first_seq, discontinuity=discontinuity,
+                                    on_info=on_info, on_segment=on_segment)
+
+    def run(self, source: ByteSource) -> None:
+        """Segment everything ``source`` delivers. Raises :class:`MediaError` on bad media."""
+        started = time.monotonic()
+        try:
+            container = av.open(source, "r", format=self.settings.input_format, options=probe_options(self.settings))
+        except (av.error.FFmpegError, EOFError) as exc:
+            raise MediaError(f"cannot open published stream: {exc}") from exc
+        try:
+            video, audio = pick_streams(container)
+            self.cutter.open(video, audio, probe_seconds=time.monotonic() - started)
+            for packet in demux_packets(container, [s for s in (video, audio) if s is not None], self.stream_id):
+                self.cutter.push(packet, time.monotonic())
+            self.cutter.end(time.monotonic())
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"segmenter failed: {exc}") from exc
+        finally:
+            container.close()
+
+
+PROBE_BYTES = 32768  # FFmpeg probes a live input's first 32 KiB at most (or probe_duration of media)
+
+
+def probe_options(settings: SegmenterSettings) -> dict[str, str]:
+    """FFmpeg's probing bounds for a live input: ``probe_duration`` of media or :data:`PROBE_BYTES`."""
+    return {"analyzeduration": str(int(settings.probe_duration * 1_000_000)), "probesize": str(PROBE_BYTES)}
 
 
 def _ratio(value: Fraction) -> tuple[int, int]:
@@ -486,7 +598,7 @@ def _a(kind: str) -> str:
     return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
-def _demux(container: Any, streams: list[Any], stream_id: str) -> Iterator[Any]:
+def demux_packets(container: Any, streams: list[Any], stream_id: str) -> Iterator[Any]:
     """``container.demux(streams)``, ended quietly where PyAV's end-of-input flush fails.
 
     A stream the demuxer adds after probing (FLV creates one per tag type as it first appears;

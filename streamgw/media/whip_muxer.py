@@ -1,24 +1,30 @@
-"""The WHIP muxer: one publisher's frames or access units -> MPEG-TS (H.264 + AAC), in a worker thread.
+"""The WHIP muxer: one publisher's frames or access units -> H.264 + AAC packets, in a worker thread.
 
     aiortc (event loop) ──▶ FrameQueue (bounded, drops) ──▶ WhipMuxer thread: H.264 copied, or
-        libx264 (keyframe every target segment duration, on the RTP clock) + AAC ──▶ MPEG-TS bytes
+        libx264 (keyframe every target segment duration, on the RTP clock) + AAC ──▶ packets, in
+        batches, straight to the publisher's segment cutter (no MPEG-TS in between, no event loop)
                                                           └─▶ the same H.264 packets + Opus (WHEP)
 
 The session (``ingest/whip.py``) puts what aiortc hands it in the :class:`FrameQueue`; this
-thread owns every PyAV object and hands bytes and packets back through callbacks that the session
-makes thread-safe. The event loop never encodes.
+thread owns every PyAV object, feeds the cutter through :class:`CutFeed` and hands WHEP's
+packets back through callbacks that the session makes thread-safe. The event loop never encodes.
+
+The cutter's muxers copy their streams from templates (:class:`StreamTemplates`): the first
+packets muxed once into an MPEG-TS in memory and probed, so that they describe exactly what
+follows. Every later packet goes to the cutter as it is.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
+import io
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import av.error
@@ -27,9 +33,58 @@ from streamgw.errors import MediaError, StreamgwError
 from streamgw.media.h264 import first_sps, sps_resolution
 from streamgw.media.opus import OpusEncoder
 from streamgw.media.rtc import AUDIO_RATE, AUDIO_TB, VIDEO_TB
+from streamgw.media.segmenter import SegmentCutter
 from streamgw.media.x264 import idle_x264_options, realtime_x264_options
 
 log = logging.getLogger(__name__)
+
+
+class CutFeed(Protocol):
+    """Where the packets go: the publisher's segment cutter, run elsewhere in order (thread-safe)."""
+
+    def feed(self, job: Callable[[SegmentCutter], None], *, size: int, urgent: bool) -> None:
+        """Run ``job`` on the cutter; raises :class:`StreamgwError` once the stream has failed."""
+
+
+_TEMPLATE_PACKETS = 64  # packets held at most while the templates wait for the other stream's first
+
+
+class StreamTemplates:
+    """Input streams that describe a WHIP publisher's H.264 (Annex B) and AAC packets.
+
+    The cutter's muxers copy their streams from input streams (``add_stream_from_template``); the
+    first video and audio packets are muxed once into an MPEG-TS in memory and probed for them.
+    The AAC packets stay raw: ``audio_config`` (the encoder's AudioSpecificConfig) lets the
+    cutter's muxers frame them.
+    """
+
+    def __init__(self, video: Any, width: int, height: int, audio: Any, audio_encoder: Any) -> None:
+        buf = io.BytesIO()
+        out: Any = av.open(buf, "w", format="mpegts")
+        vstream: Any = None
+        astream: Any = None
+        if video is not None:
+            vstream = out.add_stream("h264", rate=30)
+            vstream.width, vstream.height = width, height
+            vstream.pix_fmt = "yuv420p"
+            vstream.time_base = VIDEO_TB
+            vstream.codec_context.options = idle_x264_options()  # opened by the muxer, never used
+        if audio is not None:
+            astream = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+        for packet, stream, tb in ((video, vstream, VIDEO_TB), (audio, astream, AUDIO_TB)):
+            if packet is not None:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, tb
+                copy.stream = stream
+                out.mux(copy)
+        out.close()
+        self._input: Any = av.open(io.BytesIO(buf.getvalue()), "r", format="mpegts")
+        streams = self._input.streams
+        self.video = streams.video[0] if video is not None and streams.video else None
+        self.audio = streams.audio[0] if audio is not None and streams.audio else None
+        self.audio_config = bytes(audio_encoder.extradata) if audio_encoder is not None else None
+        if (video is not None and self.video is None) or (audio is not None and self.audio is None):
+            raise MediaError("WHIP: the first packets could not be probed")
 
 @dataclass(frozen=True, slots=True)
 class WhipEncoding:
@@ -148,15 +203,16 @@ class WhipMuxer:
     resolution changes only at a scheduled keyframe, so every segment has one resolution; in
     between, frames are scaled to the current one.
 
-    ``write`` gets the TS bytes and ``tee_video``/``tee_audio`` the packets for WHEP; these and
-    ``request_keyframe`` are called in this thread (the caller hands them to its loop).
+    ``cut`` gets the packets (in this thread, batched per picture); ``tee_video``/``tee_audio``
+    the packets for WHEP, and ``request_keyframe`` and the mode changes are called in this thread
+    too (the caller hands them to its loop).
     """
 
     # While an asked-for IDR has not come, ask again this often (a lost PLI), in 1/90000 s.
     PLI_RETRY = 27000
 
     def __init__(self, settings: WhipEncoding, has_video: bool, has_audio: bool,
-                 write: Callable[[bytes], None],
+                 cut: CutFeed,
                  tee_video: Callable[[bytes, int, bool], None],
                  tee_audio: Callable[[bytes, int], None],
                  tee_active: Callable[[], bool],
@@ -166,7 +222,7 @@ class WhipMuxer:
         self.settings = settings
         self.has_video = has_video
         self.has_audio = has_audio
-        self._write = write
+        self._cut = cut
         self._tee_video = tee_video
         self._tee_audio = tee_audio
         self._tee_active = tee_active
@@ -180,9 +236,10 @@ class WhipMuxer:
         self.size: tuple[int, int] | None = None
         self._origin: float | None = None
         self._clocks: dict[str, TrackClock] = {}
-        self._container: Any = None
-        self._vstream: Any = None
-        self._astream: Any = None
+        self._opened = False
+        self._aenc: Any = None  # the AAC encoder
+        self._templates: StreamTemplates | None = None
+        self._early: list[tuple[Any, bool]] = []  # (packet, is video) held until the templates exist
         self._venc: Any = None
         self._pending_size: tuple[int, int] | None = None
         self._gop = int(settings.target_duration / VIDEO_TB)
@@ -224,10 +281,6 @@ class WhipMuxer:
             self._flush()
         except (av.error.FFmpegError, ValueError) as exc:
             raise MediaError(f"WHIP encoder failed: {exc}") from exc
-        finally:
-            if self._container is not None:
-                with contextlib.suppress(av.error.FFmpegError, ValueError):
-                    self._container.close()
 
     def start(self, frames: FrameQueue, stream: str, done: Callable[[StreamgwError | None], None]) -> threading.Thread:
         """Run :meth:`run` in a thread of its own; ``done(error or None)`` is called in it at the end."""
@@ -246,23 +299,17 @@ class WhipMuxer:
         thread.start()
         return thread
 
-    def _open(self, width: int, height: int) -> None:
-        # flush_packets: each packet leaves at once (the segmenter and WHEP wait for it);
-        # max_interleave_delta: do not hold video longer than 0.2 s waiting for audio.
-        self._container = av.open(_Writer(self._write), "w", format="mpegts",
-                                  options={"flush_packets": "1", "max_interleave_delta": "200000"})
-        if self.has_video:
-            # Packets come from our own encoders (restarted on resolution changes); this
-            # stream's codec context only describes them.
-            self._vstream = self._container.add_stream("h264", rate=30)
-            self._vstream.width, self._vstream.height = width, height
-            self._vstream.pix_fmt = "yuv420p"
-            self._vstream.time_base = VIDEO_TB
-            # The muxer opens this (idle) encoder too: keep it as small as possible.
-            self._vstream.codec_context.options = idle_x264_options()
+    def _open(self) -> None:
+        self._opened = True
         if self.has_audio:
-            self._astream = self._container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
-            self._astream.codec_context.bit_rate = self.settings.audio_bitrate
+            enc = av.CodecContext.create("aac", "w")
+            enc.sample_rate = AUDIO_RATE
+            enc.layout = "stereo"
+            enc.format = "fltp"
+            enc.time_base = AUDIO_TB
+            enc.bit_rate = self.settings.audio_bitrate
+            enc.open()
+            self._aenc = enc
             self._aac_resampler = self._new_aac_resampler()
 
     def _new_video_encoder(self, width: int, height: int) -> Any:
@@ -313,9 +360,9 @@ class WhipMuxer:
                 self._ask_keyframe(pts)  # nothing decodes before an IDR with its SPS
                 return
             self._copy_resync = False
-        if self._container is None:
+        if not self._opened:
             assert self.size is not None
-            self._open(*self.size)
+            self._open()
             self._next_kf = pts
             if self.has_audio:
                 self._prime_audio(pts)
@@ -354,8 +401,8 @@ class WhipMuxer:
     def _video(self, frame: Any, t: Fraction) -> None:
         pts = self._video_pts(t)
         size = (_even(frame.width), _even(frame.height))
-        if self._container is None:
-            self._open(*size)
+        if not self._opened:
+            self._open()
             self._next_kf = pts
             if self.has_audio:
                 self._prime_audio(pts)
@@ -392,14 +439,63 @@ class WhipMuxer:
         for packet in packets:
             if tee:
                 self._tee_video(bytes(packet), int(packet.pts), bool(packet.is_keyframe))
-            packet.stream = self._vstream
-            self._container.mux(packet)
+        self._to_cut([(p, True) for p in packets])
+
+    def _to_cut(self, packets: list[tuple[Any, bool]]) -> None:
+        """Hand packets (each with whether it is video) to the cutter: a keyframe at once."""
+        if not packets:
+            return
+        if self._templates is None:
+            self._early.extend(packets)
+            packets = self._make_templates()
+            if not packets:
+                return
+        templates = self._templates
+        assert templates is not None
+        batch: list[Any] = []
+        urgent = templates.video is None
+        size = 0
+        for packet, is_video in packets:
+            stream = templates.video if is_video else templates.audio
+            if stream is None:
+                continue
+            if not is_video:  # 1/48000 -> the template's 1/90000 (exact for whole AAC frames)
+                packet.pts = packet.dts = packet.pts * 90000 // AUDIO_RATE
+                packet.duration = (packet.duration or 0) * 90000 // AUDIO_RATE
+            packet.time_base = VIDEO_TB
+            packet.stream = stream
+            urgent = urgent or (is_video and bool(packet.is_keyframe))
+            size += packet.size
+            batch.append(packet)
+        if batch:
+            arrival = time.monotonic()
+
+            def job(cutter: SegmentCutter) -> None:
+                for packet in batch:
+                    cutter.push(packet, arrival)
+
+            self._cut.feed(job, size=size, urgent=urgent)
+
+    def _make_templates(self, *, force: bool = False) -> list[tuple[Any, bool]]:
+        """Make the templates once the first packet of each stream is here; returns what was held."""
+        video = next((p for p, v in self._early if v), None)
+        audio = next((p for p, v in self._early if not v), None)
+        complete = (video is not None or not self.has_video) and (audio is not None or not self.has_audio)
+        if not complete and len(self._early) < _TEMPLATE_PACKETS and not force:
+            return []
+        width, height = self.size or (0, 0)
+        self._templates = templates = StreamTemplates(video, width, height, audio, self._aenc if audio else None)
+        config = templates.audio_config
+        self._cut.feed(lambda cutter: cutter.open(templates.video, templates.audio, audio_config=config),
+                       size=0, urgent=False)
+        held, self._early = self._early, []
+        return held
 
     def _audio(self, frame: Any, t: Fraction) -> None:
-        if self._container is None:
+        if not self._opened:
             if self.has_video:
                 return  # nothing before the first picture: segments start with video
-            self._open(0, 0)
+            self._open()
         start = int(t * AUDIO_RATE)
         if self._ain is None or abs(start - self._ain) > AUDIO_RATE // 10:
             # The first frame, or a gap of over 0.1 s (lost packets, a paused sender): the
@@ -423,13 +519,12 @@ class WhipMuxer:
             self._opus = None
 
     def _prime_audio(self, video_pts: int) -> None:
-        """Mux a few AAC frames of silence ahead of the first picture.
+        """Encode a few AAC frames of silence ahead of the first picture.
 
-        The segmenter probes the first 32 KiB of the TS, which a 720p IDR fills on its own: unless
-        an AAC packet (whose ADTS header carries the sample rate) comes first, the audio stream is
-        probed without parameters and cannot be muxed.
+        The first segment then has audio from its start, and the templates (made when the first
+        picture comes) have an AAC packet to probe.
         """
-        frame_size = self._astream.codec_context.frame_size or 1024
+        frame_size = self._aenc.frame_size or 1024
         self._aac_next = video_pts * AUDIO_RATE // 90000 - 3 * frame_size
         for _ in range(3):
             silence = av.AudioFrame(format="fltp", layout="stereo", samples=frame_size)
@@ -441,33 +536,31 @@ class WhipMuxer:
 
     def _new_aac_resampler(self) -> Any:
         return av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE,
-                                 frame_size=self._astream.codec_context.frame_size or 1024)
+                                 frame_size=self._aenc.frame_size or 1024)
 
     def _mux_audio(self, frames: list[Any]) -> None:
+        packets: list[tuple[Any, bool]] = []
         for out in frames:
             out.pts = self._aac_next
             out.time_base = AUDIO_TB
             self._aac_next = (self._aac_next or 0) + out.samples
-            for packet in self._astream.encode(out):
-                self._container.mux(packet)
+            packets.extend((p, False) for p in self._aenc.encode(out))
+        self._to_cut(packets)
 
     def _flush(self) -> None:
-        if self._container is None:
+        if not self._opened:
             return
         if self._venc is not None:
             self._mux_video(self._venc.encode(None))
-        if self._astream is not None and self._aac_next is not None:
+        if self._aenc is not None and self._aac_next is not None:
             self._mux_audio(self._aac_resampler.resample(None))
-            for packet in self._astream.encode(None):
-                self._container.mux(packet)
+            self._to_cut([(p, False) for p in self._aenc.encode(None)])
+        if self._early:  # the stream ended before the other stream's first packet: no more waiting
+            self._to_cut(self._early_release())
 
-
-class _Writer:
-    """The file object the TS muxer writes to."""
-
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self._write = write
-
-    def write(self, data: bytes) -> int:
-        self._write(bytes(data))
-        return len(data)
+    def _early_release(self) -> list[tuple[Any, bool]]:
+        held, self._early = self._early, []
+        if self._templates is None and held:
+            self._early = held
+            held = self._make_templates(force=True)
+        return held

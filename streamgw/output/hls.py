@@ -61,6 +61,7 @@ class RenditionPlaylist:
         self.max_duration = 0.0
         self.ended = False
         self.segments_total = 0
+        self._rendered: tuple[tuple[float, bool, int], bytes] | None = None  # (what it depends on, text)
 
     def name(self, seq: int) -> str:
         """The file name of segment ``seq``."""
@@ -87,6 +88,13 @@ class RenditionPlaylist:
         """The bytes of segment ``name`` while it is retained."""
         entry = self._by_name.get(name)
         return entry.data if entry else None
+
+    def render_bytes(self, min_target: float) -> bytes:
+        """:meth:`render` encoded, rendered again only when the playlist changed."""
+        key = (min_target, self.ended, self.segments_total)
+        if self._rendered is None or self._rendered[0] != key:
+            self._rendered = (key, self.render(min_target).encode())
+        return self._rendered[1]
 
     def render(self, min_target: float) -> str:
         """The media playlist text."""
@@ -233,6 +241,12 @@ class HlsOutput:
         pls = self._streams.get(stream_id)
         rp = pls.renditions.get(rendition) if pls else None
         return rp.render(self.target_duration) if rp else None
+
+    def media_playlist_bytes(self, stream_id: str, rendition: str) -> bytes | None:
+        """The media playlist, encoded (rendered once per change), or None when unknown."""
+        pls = self._streams.get(stream_id)
+        rp = pls.renditions.get(rendition) if pls else None
+        return rp.render_bytes(self.target_duration) if rp else None
 
     def segment(self, stream_id: str, rendition: str, name: str) -> bytes | None:
         """A segment's bytes while retained, or None."""

@@ -9,7 +9,7 @@ bytes) is enforced and reported as :class:`~streamgw.errors.ChunkError`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from streamgw.errors import ChunkError
 
@@ -37,9 +37,11 @@ _U32BE = struct.Struct(">I")
 _U32LE = struct.Struct("<I")
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One whole RTMP message: its chunk stream, type, message stream, timestamp (ms) and body."""
+class Message(NamedTuple):
+    """One whole RTMP message: its chunk stream, type, message stream, timestamp (ms) and body.
+
+    A NamedTuple: one is made per message, and a frozen dataclass costs several times more to build.
+    """
 
     csid: int
     type_id: int
@@ -180,13 +182,19 @@ class ChunkReader:
             # A type-3 chunk that starts a new message adds the previous delta (5.3.1.2.4).
             state.timestamp = (state.timestamp + state.delta) & _TS_MASK
         state.extended = extended
+        self._pos = off + take
+        if new_message and take >= state.length:
+            # A message in one chunk (audio, commands): no reassembly buffer.
+            self._deliver(Message(csid, state.type_id, state.stream_id, state.timestamp,
+                                  bytes(buf[off : off + take])), out)
+            return True
         if new_message:
             state.buf = bytearray()
         assert state.buf is not None
         if take:
-            state.buf += buf[off : off + take]
+            with memoryview(buf) as view:  # one copy, into the message, not two
+                state.buf += view[off : off + take]
         self._partial_bytes += take
-        self._pos = off + take
         if len(state.buf) >= state.length:
             payload = bytes(state.buf)
             self._partial_bytes -= len(payload)

@@ -1,41 +1,10 @@
-"""FLV file framing (Adobe FLV specification 10.1, annex E) of RTMP audio, video and data."""
+"""The start of an RTMP publisher's stream as FLV: held until every announced stream has begun."""
 
 from __future__ import annotations
 
-import struct
+from streamgw.media.flv import TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO, header, tag
 
-TAG_AUDIO = 8
-TAG_VIDEO = 9
-TAG_SCRIPT = 18
-
-_PREV = struct.Struct(">I")
-
-
-def header(*, audio: bool, video: bool) -> bytes:
-    """The 9-byte FLV header and PreviousTagSize0."""
-    flags = (0x04 if audio else 0) | (0x01 if video else 0)
-    return b"FLV\x01" + bytes((flags,)) + b"\x00\x00\x00\x09" + b"\x00\x00\x00\x00"
-
-
-def tag(tag_type: int, timestamp: int, payload: bytes) -> bytes:
-    """One FLV tag and its PreviousTagSize; ``timestamp`` in ms, 32-bit."""
-    size = len(payload)
-    head = bytes(
-        (
-            tag_type,
-            (size >> 16) & 0xFF,
-            (size >> 8) & 0xFF,
-            size & 0xFF,
-            (timestamp >> 16) & 0xFF,
-            (timestamp >> 8) & 0xFF,
-            timestamp & 0xFF,
-            (timestamp >> 24) & 0xFF,
-            0,
-            0,
-            0,
-        )
-    )
-    return head + payload + _PREV.pack(size + 11)
+__all__ = ["TAG_AUDIO", "TAG_SCRIPT", "TAG_VIDEO", "FlvWriter", "header", "is_video_keyframe", "tag"]
 
 
 def is_video_keyframe(payload: bytes) -> bool:
@@ -86,13 +55,17 @@ class FlvWriter:
         self._metadata = body
         self.expected = {t for t, on in ((TAG_AUDIO, audio), (TAG_VIDEO, video)) if on}
 
+    def admit(self, tag_type: int) -> bool:
+        """Once the start is out: whether a tag goes on (its stream is in the header); counts the rest."""
+        if self.streams is not None and tag_type in self.streams:
+            return True
+        self.late_tags += 1
+        return False
+
     def media(self, tag_type: int, timestamp: int, payload: bytes) -> bytes:
         """The FLV bytes to hand on for one audio or video message (b"" while the start is held)."""
         if self.streams is not None:
-            if tag_type not in self.streams:
-                self.late_tags += 1
-                return b""
-            return tag(tag_type, timestamp, payload)
+            return tag(tag_type, timestamp, payload) if self.admit(tag_type) else b""
         self._held.append((tag_type, timestamp, payload))
         self._held_types.add(tag_type)
         self._held_bytes += len(payload)

@@ -2,8 +2,9 @@
 
 The session layer is the sans-I/O :class:`~streamgw.ingest.rtmp.chunk.ChunkReader` plus the
 AMF0 command exchange that OBS and ffmpeg perform (connect, releaseStream, FCPublish,
-createStream, publish, FCUnpublish, deleteStream). Media leaves as FLV bytes through a
-:class:`PublishSink` that the gateway provides; media parsing stays in FFmpeg.
+createStream, publish, FCUnpublish, deleteStream). Media leaves through a :class:`PublishSink`
+that the gateway provides: the start of the stream as FLV bytes (held until every announced
+stream has begun, for probing), then the audio and video messages as they are, one batch per read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from streamgw.errors import ProtocolError, RtmpError, StreamError, StreamgwError
 from streamgw.ingest.rtmp import amf0, chunk, flv
@@ -39,12 +40,17 @@ _U32 = struct.Struct(">I")
 
 
 class PublishSink(Protocol):
-    """Where a publishing session's FLV bytes go."""
+    """Where a publishing session's media goes. Both calls raise :class:`StreamgwError` once the
+    stream has failed."""
 
-    def write(self, data: bytes, *, urgent: bool = True) -> None:
-        """Take FLV bytes; raises :class:`StreamgwError` when the stream has failed.
+    def flv_start(self, data: bytes, first_arrival: float) -> None:
+        """The held start as FLV bytes; ``first_arrival``: time.monotonic() of its first message."""
 
-        ``urgent`` is false when the bytes hold no keyframe: the consumer may batch them.
+    def flv_tags(self, tags: list[tuple[int, int, bytes]], *, size: int, urgent: bool) -> None:
+        """Audio and video messages after the start, as ``(FLV tag type, timestamp ms, body)``;
+        ``size``: the bodies' bytes.
+
+        ``urgent`` is false when none is a keyframe (or the stream has no video): the consumer may batch them.
         """
 
     def close(self, *, clean: bool) -> None:
@@ -135,8 +141,11 @@ class _Session(asyncio.Protocol):
         self.unpublished = False
         self.closing = False
         self.pending_publish: str | None = None
-        self._out = bytearray()  # FLV bytes of the current read, for the sink
-        self._urgent = False  # _out holds a keyframe
+        self._start: bytes | None = None  # the FLV start, released in this read, for the sink
+        self._first_media = 0.0  # time.monotonic() of the first media message held
+        self._tags: list[tuple[int, int, bytes]] = []  # media messages of the current read, for the sink
+        self._tags_bytes = 0
+        self._urgent = False  # _tags holds a keyframe
         self.ack_window = 0
         self.acked = 0
         self._handshake: bytearray | None = bytearray()  # None once the handshake is done
@@ -148,14 +157,13 @@ class _Session(asyncio.Protocol):
     # --- connection lifecycle ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
         if len(self.server._sessions) >= self.server.limits.max_connections:
             log.warning("refusing RTMP connection from %s: %d connections open", self.remote,
                         len(self.server._sessions))
-            transport.abort()
+            self.transport.abort()
             return
         self.server._sessions.add(self)
         self.server.connections_total += 1
@@ -308,13 +316,14 @@ class _Session(asyncio.Protocol):
         """End publishing: hand over the media already read, then close the sink."""
         if self.sink is not None:
             try:
-                self._out += self.flv.flush()  # a start still held: all there is
+                self._start = self.flv.flush() or self._start  # a start still held: all there is
                 self._flush_media()
             except StreamgwError:
                 pass  # the stream already failed; closing is all that is left
             self.sink.close(clean=self.unpublished)
             self.sink = None
             self.flv = flv.FlvWriter()  # a new publish on this connection starts a new FLV stream
+            self._first_media = 0.0
 
     # --- outgoing ---
 
@@ -358,22 +367,34 @@ class _Session(asyncio.Protocol):
         # Acknowledgement, user control and peer bandwidth from a publisher need no answer.
 
     def _media(self, tag_type: int, timestamp: int, payload: bytes) -> None:
-        late = self.flv.late_tags
-        data = self.flv.media(tag_type, timestamp, payload)
-        if self.flv.late_tags > late and late == 0:
-            kind = "video" if tag_type == flv.TAG_VIDEO else "audio"
-            log.warning("RTMP %s: %s started after the stream's start (%d ms held): its tags are dropped; "
-                        "the publisher should send every stream's first tag at once", self.remote, kind,
-                        self.flv.hold_ms)
-        if tag_type == flv.TAG_VIDEO and flv.is_video_keyframe(payload):
+        streams = self.flv.streams
+        if streams is None:
+            if not self._first_media:
+                self._first_media = time.monotonic()
+            self._start = self.flv.media(tag_type, timestamp, payload) or None
+            return
+        if not self.flv.admit(tag_type):
+            if self.flv.late_tags == 1:
+                kind = "video" if tag_type == flv.TAG_VIDEO else "audio"
+                log.warning("RTMP %s: %s started after the stream's start (%d ms held): its tags are dropped; "
+                            "the publisher should send every stream's first tag at once", self.remote, kind,
+                            self.flv.hold_ms)
+            return
+        if (tag_type == flv.TAG_VIDEO and flv.is_video_keyframe(payload)) or flv.TAG_VIDEO not in streams:
             self._urgent = True  # it may close a segment: the segmenter should see it now
-        self._out += data
+        self._tags.append((tag_type, timestamp, payload))
+        self._tags_bytes += len(payload)
 
     def _flush_media(self) -> None:
-        """Hand the FLV bytes of one read to the sink at once (one wake-up of its thread)."""
-        if self._out and self.sink is not None:
-            self.sink.write(bytes(self._out), urgent=self._urgent)
-        self._out.clear()
+        """Hand the media of one read to the sink at once."""
+        if self.sink is not None:
+            if self._start is not None:
+                start, self._start = self._start, None
+                self.sink.flv_start(start, self._first_media)
+            if self._tags:
+                self.sink.flv_tags(self._tags, size=self._tags_bytes, urgent=self._urgent)
+        self._tags = []
+        self._tags_bytes = 0
         self._urgent = False
 
     def _on_aggregate(self, msg: chunk.Message) -> None:
