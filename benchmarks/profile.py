@@ -141,7 +141,7 @@ def _top_lines(collapsed: Path, top: int = 25) -> None:
         print(f"  {k / main_total * 100:5.1f}%  {fr}")
     print("main thread, inclusive, selected:")
     for fr, k in incl_main.most_common():
-        if any(s in fr for s in ("_Session.run", "_Session._media", "ChunkReader.feed", "ByteQueue.write",
+        if any(s in fr for s in ("_Connection.run", "_Connection._media", "ChunkReader.feed", "ByteQueue.write",
                                  "wait_for", "Condition.notify", "run_asgi", "_Publisher.write", "flv.py")):
             print(f"  {k / main_total * 100:5.1f}%  {fr}")
     print(f"collapsed stacks: {collapsed}")

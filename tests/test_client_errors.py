@@ -140,7 +140,7 @@ def test_get_orchestrator_timeout_is_orchestrator_unavailable(tmp_path: Path) ->
             pool = OrchestratorPool(lambda url: OrchestratorClient(url, SIGNER, CertificatePins()),
                                     static=[server.url], discovery_timeout=1.0)
             try:
-                error, seconds = await _timed(pool.session(server.url))
+                error, seconds = await _timed(pool.orchestrator_info(server.url))
                 assert isinstance(error, OrchestratorUnavailable), error
                 assert "no GetOrchestrator answer within 1.0 s" in str(error)
                 assert 0.8 < seconds < 2.0, seconds

@@ -91,7 +91,7 @@ def test_suspension_grows_with_repeated_failure_and_resets_on_success() -> None:
     penalties = []
     for _ in range(4):
         pool.started(url)
-        penalties.append(pool.failed(url, "dial tcp: refused", forget_session=True))
+        penalties.append(pool.failed(url, "dial tcp: refused", forget_info=True))
     assert penalties == [SUSPEND_BASE, SUSPEND_BASE * 2, SUSPEND_BASE * 4, SUSPEND_BASE * 8]
     by_url = {c.url: c for c in pool.candidates()}
     assert by_url[url].suspended and not by_url["https://o2:8935"].suspended
@@ -102,7 +102,7 @@ def test_suspension_grows_with_repeated_failure_and_resets_on_success() -> None:
     record = pool.records[url]
     assert record.consecutive_failures == 0 and record.latency == 0.5
     pool.started(url)
-    assert pool.failed(url, "x", forget_session=False) == SUSPEND_BASE, "the penalty restarts after a success"
+    assert pool.failed(url, "x", forget_info=False) == SUSPEND_BASE, "the penalty restarts after a success"
 
 
 def test_latency_is_a_moving_average_and_old_failures_fade() -> None:
@@ -115,7 +115,7 @@ def test_latency_is_a_moving_average_and_old_failures_fade() -> None:
     # 0.5, then 0.5, then 0.7 * 0.5 + 0.3 * 1.5 = 0.8: one slow sample moves it, not replaces it.
     assert abs((pool.records[url].latency or 0) - 0.8) < 1e-9
     pool.started(url)
-    pool.failed(url, "boom", forget_session=False)
+    pool.failed(url, "boom", forget_info=False)
     assert {c.url: c for c in pool.candidates()}[url].failure_rate == 0.25
     now[0] += 61
     assert {c.url: c for c in pool.candidates()}[url].failure_rate == 0.0

@@ -171,7 +171,7 @@ class OrchestratorPool:
         r.consecutive_failures = 0
         r.last_error = None
 
-    def failed(self, url: str, error: str, *, forget_session: bool) -> float:
+    def failed(self, url: str, error: str, *, forget_info: bool) -> float:
         """An attempt failed; suspends ``url`` and returns the suspension in seconds."""
         r = self.records[url]
         r.in_flight -= 1
@@ -181,13 +181,13 @@ class OrchestratorPool:
         r.last_error = error
         penalty = min(SUSPEND_MAX, SUSPEND_BASE * 2 ** (r.consecutive_failures - 1))
         r.suspended_until = self._clock() + penalty
-        if forget_session:
+        if forget_info:
             r.info = None
         return float(penalty)
 
     # --- info ---
 
-    async def session(self, url: str) -> pb.OrchestratorInfo:
+    async def orchestrator_info(self, url: str) -> pb.OrchestratorInfo:
         """Current OrchestratorInfo of ``url``, fetched now if missing or about to expire."""
         r = self.records[url]
         info = r.info

@@ -373,13 +373,13 @@ class Dispatcher:
                 return
 
     def _fail(self, url: str, text: str, *, forget: bool, started: float) -> None:
-        penalty = self.pool.failed(url, text, forget_session=forget)
+        penalty = self.pool.failed(url, text, forget_info=forget)
         self._ended(url, "failed", started)
         log.warning("%s (suspended %.0f s)", text, penalty)
 
     async def _attempt(self, url: str, segment: Segment) -> list[bytes]:
         client = self.pool.records[url].client
-        info = await self.pool.session(url)
+        info = await self.pool.orchestrator_info(url)
         meta = SegMetadata(
             manifest_id=segment.stream_id.encode(),
             seq=segment.seq,

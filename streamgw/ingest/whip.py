@@ -116,8 +116,9 @@ class WhipVideoMode(enum.Enum):
 # Sessions
 
 
-class WhipSession:
-    """One WHIP publisher: its peer connection, frame pumps, muxer thread and sink."""
+class WhipPublisher:
+    """One WHIP publisher (a "WHIP session", RFC 9725's resource): its peer connection, frame
+    pumps, muxer thread and sink."""
 
     def __init__(self, server: WhipServer, stream: str, remote: str, pc: RTCPeerConnection) -> None:
         self.server = server
@@ -302,14 +303,14 @@ class WhipServer:
         self.settings = settings
         self.ice = ice
         self.open_tee = open_tee
-        self.peers: PeerSessions[WhipSession] = PeerSessions(
+        self.peers: PeerSessions[WhipPublisher] = PeerSessions(
             "WHIP", "publishers", settings.max_sessions, settings.negotiate_timeout, settings.connect_timeout)
         if settings.copy_h264 and not HOOKS.copy_h264:
             log.warning("WHIP: H.264 will be decoded and re-encoded, not copied: %s",
                         HOOKS.tap_problem or HOOKS.pli_problem)
 
     @property
-    def sessions(self) -> dict[str, WhipSession]:
+    def sessions(self) -> dict[str, WhipPublisher]:
         """The live sessions by id."""
         return self.peers.active
 
@@ -329,7 +330,7 @@ class WhipServer:
             pc = new_peer_connection(self.ice)
             sink: PublishSink | None = None
             try:
-                session = WhipSession(self, stream, remote, pc)
+                session = WhipPublisher(self, stream, remote, pc)
                 # Our codec preferences must be on transceivers before the offer is applied, and
                 # aiortc cannot answer with a transceiver the offer has no m-section for.
                 for media in offered_media(offer):

@@ -153,7 +153,7 @@ class _PacketTrack(MediaStreamTrack):
 
 
 class _Viewer:
-    """One WHEP session: a peer connection and its two queues."""
+    """One WHEP viewer (its "WHEP session", the resource a DELETE ends): a peer connection and its two queues."""
 
     def __init__(self, output: WhepOutput, relay: _Relay, remote: str, pc: RTCPeerConnection,
                  video_codec: str = "h264") -> None:

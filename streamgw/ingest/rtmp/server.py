@@ -40,7 +40,7 @@ _U32 = struct.Struct(">I")
 
 
 class PublishSink(Protocol):
-    """Where a publishing session's media goes. Both calls raise :class:`StreamgwError` once the
+    """Where a publishing connection's media goes. Both calls raise :class:`StreamgwError` once the
     stream has failed."""
 
     def flv_start(self, data: bytes, first_arrival: float) -> None:
@@ -78,7 +78,7 @@ class RtmpServer:
         self._open_publisher = open_publisher
         self.limits = limits or RtmpLimits()
         self._server: asyncio.Server | None = None
-        self._sessions: set[_Session] = set()
+        self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # publishes being opened
         self._epoch = time.monotonic()
         self.bytes_received = 0
@@ -88,7 +88,7 @@ class RtmpServer:
     @property
     def active_connections(self) -> int:
         """Connections currently open."""
-        return len(self._sessions)
+        return len(self._connections)
 
     @property
     def port(self) -> int:
@@ -100,7 +100,7 @@ class RtmpServer:
         """Bind and start accepting."""
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _Session(self), host, port, backlog=512)
+            self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=512)
         except OSError as exc:
             raise listen_error("RTMP", host, port, exc) from exc
 
@@ -110,16 +110,16 @@ class RtmpServer:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
-        sessions = list(self._sessions)
-        for session in sessions:
-            session.abort()
-        if sessions:
-            await asyncio.gather(*(asyncio.shield(s.closed) for s in sessions), return_exceptions=True)
+        connections = list(self._connections)
+        for connection in connections:
+            connection.abort()
+        if connections:
+            await asyncio.gather(*(asyncio.shield(c.closed) for c in connections), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
 
-class _Session(asyncio.Protocol):
+class _Connection(asyncio.Protocol):
     """One RTMP connection: handshake, then chunk stream; what it connected to and publishes.
 
     An ``asyncio.Protocol`` rather than a stream reader: bytes go from ``data_received`` straight
@@ -160,12 +160,12 @@ class _Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self.server._sessions) >= self.server.limits.max_connections:
+        if len(self.server._connections) >= self.server.limits.max_connections:
             log.warning("refusing RTMP connection from %s: %d connections open", self.remote,
-                        len(self.server._sessions))
+                        len(self.server._connections))
             self.transport.abort()
             return
-        self.server._sessions.add(self)
+        self.server._connections.add(self)
         self.server.connections_total += 1
         self._timer = self.loop.call_later(self.server.limits.handshake_timeout, self._check_timeouts)
 
@@ -210,9 +210,9 @@ class _Session(asyncio.Protocol):
             self._timer.cancel()
         try:
             self.finish()
-        except Exception:  # noqa: BLE001 - a sink bug must not leak the session
+        except Exception:  # noqa: BLE001 - a sink bug must not leak the connection
             log.exception("RTMP %s: error while closing", self.remote)
-        self.server._sessions.discard(self)
+        self.server._connections.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
