@@ -33,6 +33,7 @@ from tests.harness import FFMPEG as FFMPEG
 from tests.harness import free_port as free_port
 from tests.harness import percentile, streamgw_command, testsrc, tone
 from tests.harness import proc_cpu_seconds as proc_cpu_seconds
+from tests.harness import proc_minor_faults as proc_minor_faults
 from tests.harness import summary as summary
 from tests.harness import wait_port as wait_port
 

@@ -42,6 +42,7 @@ from benchmarks.common import (  # noqa: E402
     log,
     new_workdir,
     proc_cpu_seconds,
+    proc_minor_faults,
     streamgw_revision,
     use_streamgw_rev,
     wait_port,
@@ -92,8 +93,10 @@ def per_thread(n: int, window: float, py_spy: bool, poll: float) -> None:
                                     "--gil", "--threads", "-f", "raw", "-o", str(collapsed)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         a, c0, t0 = _thread_ticks(sg.pid), proc_cpu_seconds(sg.pid), time.monotonic()
+        f0 = proc_minor_faults(sg.pid)
         time.sleep(window)
         b, c1, dt = _thread_ticks(sg.pid), proc_cpu_seconds(sg.pid), time.monotonic() - t0
+        faults = proc_minor_faults(sg.pid) - f0
         if spy is not None:
             spy.wait(60)
         pub.proc.wait(60)
@@ -109,7 +112,7 @@ def per_thread(n: int, window: float, py_spy: bool, poll: float) -> None:
     print(f"\n== streamgw {streamgw_revision()} gateway, {n} x 720p30 publishers"
           f"{f', playlist polled every {poll * 1000:.0f} ms per stream' if poll > 0 else ', no HTTP clients'}, "
           f"{dt:.0f} s ==")
-    print(f"process: {total:.1f}% of one core = {total / n:.2f}% per stream")
+    print(f"process: {total:.1f}% of one core = {total / n:.2f}% per stream; {faults / dt:.0f} minor page faults/s")
     for name, (pct_, count) in sorted(agg.items(), key=lambda kv: -kv[1][0]):
         print(f"  {name:34s} x{int(count):3d}  {pct_:5.1f}% of a core  ({pct_ / n:.2f}% per stream)")
     if spy is not None and collapsed.exists():

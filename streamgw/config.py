@@ -64,6 +64,11 @@ class Settings(BaseModel):
     rtmp_idle_timeout: float = Field(
         30.0, gt=0, le=3600, description="drop an RTMP connection that sends nothing for this many seconds"
     )
+    rtmp_read_coalesce: float = Field(
+        0.02, ge=0, le=0.2,
+        description="while publishing, read RTMP input once about this many seconds of media have arrived "
+                    "(SO_RCVLOWAT from the stream's rate; 0: read every message as it comes)",
+    )
     max_message_size: int = Field(
         8 * 1024 * 1024, ge=65536, le=16 * 1024 * 1024, description="largest RTMP message accepted, bytes"
     )

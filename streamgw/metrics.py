@@ -79,7 +79,7 @@ class Metrics(SegmentObserver, DispatchObserver):
              counts: Callable[[], Mapping[str, Mapping[str, int]]] | None = None) -> None:
         """Read gauges, and the counters that the hot path keeps as plain ints, from the live
         objects at scrape time. ``counts``: ``{"bytes_in": {"": n}, "hub_dropped": {subscriber: n},
-        "segmenter": {what: n}}``."""
+        "segmenter": {what: n}, "http_front": {what: n}}``."""
         self.streams.set_function(streams)
         self.rtmp_connections.set_function(connections)
         self.rtmp_protocol_errors.set_function(errors)
@@ -103,6 +103,9 @@ class _ScrapedCounters(Collector):
                       "What segmenters fixed or left out of what publishers sent: retimed_packets (stamped no "
                       "later than the one before), dropped_packets (went back past it), timestamp_resets, "
                       "recovery_cuts (segments started at a keyframe that is not an IDR)", "what"),
+        "http_front": ("streamgw_http_front_events",
+                       "HTTP/1.1 requests for media playlists and segments answered in front of uvicorn "
+                       "(answered), and connections handed to uvicorn at another request (handed_over)", "what"),
     }
 
     def __init__(self, counts: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from streamgw.api.app import create_app
-from streamgw.api.hls import HlsServing
+from streamgw.api.hls import FrontCounts, HlsServing, hls_front
 from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
 from streamgw.errors import ConfigError, ProfileError, StreamgwError
@@ -131,15 +131,17 @@ class GatewayNode:
             RtmpLimits(
                 handshake_timeout=settings.rtmp_handshake_timeout,
                 idle_timeout=settings.rtmp_idle_timeout,
+                read_coalesce=settings.rtmp_read_coalesce,
                 max_message_size=settings.max_message_size,
             ),
         )
+        self.front_counts = FrontCounts()
         self.metrics.bind(
             lambda: len(self.publishers.live_streams()),
             lambda: self.rtmp.active_connections,
             lambda: self.rtmp.protocol_errors,
             lambda: {"bytes_in": {"": self.publishers.bytes_in}, "hub_dropped": self.hub.dropped,
-                     "segmenter": self.publishers.segmenter_counts()},
+                     "segmenter": self.publishers.segmenter_counts(), "http_front": self.front_counts.as_dict()},
         )
         pins = CertificatePins()
         self.pool: OrchestratorPool | None = None
@@ -218,7 +220,8 @@ class GatewayNode:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         # Media playlists and segments are answered in front of FastAPI (api/hls.py): players repeat them.
-        config = uvicorn.Config(HlsServing(self.app, self.hls), log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(HlsServing(self.app, self.hls), http=hls_front(self.hls, self.front_counts),  # type: ignore[arg-type]
+                                log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         http = self._http = _Uvicorn(config)
         sup.spawn("http", lambda: http.serve(sockets=[sock]), restart=False)

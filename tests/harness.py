@@ -58,6 +58,13 @@ LOOPBACK = IceSettings()  # host candidates on 127.0.0.1 only, no STUN
 
 T = TypeVar("T")
 
+def proc_minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    return int(data[data.rindex(")") + 2:].split()[7])  # field 10 of stat(5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Ports and waiting
 

@@ -8,7 +8,7 @@ SDT_PID = 0x11
 
 
 def muxer_options() -> dict[str, str]:
-    """Options for FFmpeg's mpegts muxer: one SDT only, at the start, for strip_leading_sdt()."""
+    """Options for FFmpeg's mpegts muxer: one SDT only, at the start, for SegmentBytes to drop."""
     # sdt_period is in seconds (FFmpeg >= 4.4): no second SDT within any segment.
     return {"sdt_period": "100000"}
 
@@ -20,11 +20,27 @@ def first_pid(data: bytes) -> int | None:
     return (data[1] & 0x1F) << 8 | data[2]
 
 
-def strip_leading_sdt(data: bytes) -> bytes:
-    """Drop the SDT packet FFmpeg writes before the PAT, so a segment starts with PAT/PMT.
+class SegmentBytes:
+    """A write-only file for FFmpeg's mpegts muxer that keeps the segment as its writes, minus the
+    SDT packet the muxer writes before the PAT, so a segment starts with PAT/PMT.
 
     Players need only PAT/PMT (13818-1 2.4.4); the SDT is DVB service information (EN 300 468).
+    The writes are joined once at the end: no buffer grown by reallocation, no copy to drop the
+    SDT (each costs a page fault per 4 KiB of a segment, ~1 ms per 750 KiB on a VM).
     """
-    if first_pid(data) == SDT_PID:
-        return data[TS_PACKET:]
-    return data
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        if not self._parts and first_pid(data) == SDT_PID:
+            self._parts.append(data[TS_PACKET:])
+        else:
+            self._parts.append(data)
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        """The segment so far (the muxer closed: the whole segment)."""
+        if len(self._parts) > 1:
+            self._parts = [b"".join(self._parts)]
+        return self._parts[0] if self._parts else b""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ import av.error
 
 from streamgw.errors import KeyframeTimeout, MediaError, SegmentTooLarge
 from streamgw.media.h264 import avcc_has_idr, avcc_record, first_sps, is_idr, sps_resolution
-from streamgw.media.mpegts import muxer_options, strip_leading_sdt
+from streamgw.media.mpegts import SegmentBytes, muxer_options
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,7 @@ class SegmenterSettings:
 # packet can come later (behind a 1 MB keyframe). The segmenter then reads on for an audio frame
 # to take the parameters from, up to max(target_duration, AUDIO_WAIT) of media.
 AUDIO_WAIT = Fraction(1)
+BUFFER = 262144
 _KEYFRAME_INTERVALS = 8  # keyframe_interval is the longest of this many
 
 
@@ -94,9 +94,9 @@ class _Cut:
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool,
                  audio_format: AudioFormat | None = None, video_config: bytes | None = None,
                  audio_config: bytes | None = None) -> None:
-        self.buf = io.BytesIO()
+        self.buf = SegmentBytes()
         # One SDT at most (it is written once at the start), which finish() removes.
-        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
+        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options(), buffer_size=BUFFER)
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         for s in streams:
             # Copied into the stream's parameters when the header is written (first mux).
@@ -149,7 +149,7 @@ class _Cut:
     def finish(self) -> bytes:
         self.container.close()
         # A segment that starts with PAT/PMT is self-describing from its first packet.
-        return strip_leading_sdt(self.buf.getvalue())
+        return self.buf.getvalue()
 
 
 class _VideoConfig:

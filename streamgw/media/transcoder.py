@@ -31,7 +31,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from av.video.stream import VideoStream
 
 from streamgw.errors import TranscodeError
-from streamgw.media.mpegts import muxer_options, strip_leading_sdt
+from streamgw.media.mpegts import SegmentBytes, muxer_options
 from streamgw.media.x264 import x264_options
 
 H264Profile = Literal["baseline", "main", "high", "constrained_high"]
@@ -328,7 +328,7 @@ class _Rendition:
         self.rate = spec.fps or source_rate
         self.threads = threads
         self.max_frames = options.max_frames
-        self.buf = io.BytesIO()
+        self.buf = SegmentBytes()
         self.container: OutputContainer = av.open(self.buf, "w", format="mpegts", options=muxer_options())
         try:
             self.video = self.container.add_stream("libx264", rate=self.rate)
@@ -438,7 +438,7 @@ class _Rendition:
         self._mux_video(self.video.encode(None))
         self._mux_audio_until(None)
         self.container.close()
-        return strip_leading_sdt(self.buf.getvalue())
+        return self.buf.getvalue()
 
     def close(self) -> None:
         """Release the muxer and encoder; safe after :meth:`finish` and on error paths."""

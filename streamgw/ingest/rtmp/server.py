@@ -37,6 +37,8 @@ _OUT_CHUNK_SIZE = 4096
 _STREAM_ID = 1
 
 _U32 = struct.Struct(">I")
+_RATE_WINDOW = 0.25  # s: how often a publishing connection's read low-water mark follows its rate
+_MAX_LOW_WATER = 64 * 1024
 
 
 class PublishSink(Protocol):
@@ -69,6 +71,10 @@ class RtmpLimits:
     idle_timeout: float = 30.0
     max_message_size: int = 8 * 1024 * 1024
     max_connections: int = 1000
+    # While publishing, the kernel wakes the server once about this much media has arrived
+    # (SO_RCVLOWAT set from the stream's rate), not per message: fewer reads, each larger. An
+    # audio frame then waits for the next video frame; 0 reads every message as it comes.
+    read_coalesce: float = 0.02
 
 
 class RtmpServer:
@@ -153,6 +159,9 @@ class _Connection(asyncio.Protocol):
         self._backlog: list[bytes] = []
         self._last_read = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._low_water = 1  # SO_RCVLOWAT in force
+        self._rate_since = 0.0  # when the stream's current rate window started
+        self._rate_bytes = 0  # chunk-stream bytes received when it started
 
     # --- connection lifecycle ---
 
@@ -188,7 +197,33 @@ class _Connection(asyncio.Protocol):
             log.info("RTMP %s: connection ended: peer does not read", self.remote)
             self.abort()
             return
-        self._timer = self.loop.call_later(limits.idle_timeout - idle, self._check_timeouts)
+        wait = limits.idle_timeout - idle
+        if self.sink is not None and limits.read_coalesce > 0:
+            self._adjust_low_water(now)
+            wait = min(wait, _RATE_WINDOW)
+        self._timer = self.loop.call_later(wait, self._check_timeouts)
+
+    def _adjust_low_water(self, now: float) -> None:
+        """Set SO_RCVLOWAT to ``read_coalesce`` seconds of the stream at its rate over the last
+        window. A publisher that stalls has a rate of ~0 in the next window: back to 1 byte, so
+        what it sent last waits at most about two windows (the timer runs every window while
+        publishing)."""
+        elapsed = now - self._rate_since
+        if elapsed < _RATE_WINDOW / 2:
+            return
+        received = self.chunks.bytes_received
+        rate = (received - self._rate_bytes) / elapsed
+        self._rate_since, self._rate_bytes = now, received
+        low = max(1, min(_MAX_LOW_WATER, int(rate * self.server.limits.read_coalesce)))
+        self._set_low_water(low)
+
+    def _set_low_water(self, low: int) -> None:
+        if low != self._low_water and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+                    self._low_water = low
 
     def abort(self) -> None:
         """Drop the connection now, with a TCP reset: unsent replies are discarded, not flushed."""
@@ -322,6 +357,7 @@ class _Connection(asyncio.Protocol):
                 pass  # the stream already failed; closing is all that is left
             self.sink.close(clean=self.unpublished)
             self.sink = None
+            self._set_low_water(1)  # commands again: each read as it comes
             self.flv = flv.FlvWriter()  # a new publish on this connection starts a new FLV stream
             self._first_media = 0.0
 
@@ -507,3 +543,8 @@ class _Connection(asyncio.Protocol):
         self._send(_CSID_CONTROL, chunk.USER_CONTROL, 0, struct.pack(">HI", 0, _STREAM_ID))
         self._status("status", "NetStream.Publish.Start", f"{name} is now published")
         log.info("RTMP %s: publishing %s", self.remote, name)
+        if self.server.limits.read_coalesce > 0:
+            self._rate_since, self._rate_bytes = self.loop.time(), self.chunks.bytes_received
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(_RATE_WINDOW, self._check_timeouts)
