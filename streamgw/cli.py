@@ -18,6 +18,7 @@ from streamgw.livepeer.signing import parse_address_list
 from streamgw.log import configure
 from streamgw.node import GatewayNode, load_profiles
 from streamgw.orchestrator.node import OrchestratorNode, OrchestratorNodeSettings, default_data_dir
+from streamgw.pipelines import registry as pipeline_registry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,21 @@ def orchestrator_node(settings: Settings) -> OrchestratorNode:
         delay=settings.orch_delay,
         require_signed=settings.orch_require_signed,
         allowed_gateways=parse_address_list(settings.orch_allowed_gateways),
+        live_pipelines=live_pipelines(settings.live_pipelines),
+        live_capacity=settings.live_capacity,
     ))
+
+
+def live_pipelines(spec: str) -> tuple[str, ...]:
+    """The ``live_pipelines`` setting as names: 'all' is every installed pipeline; an unknown one
+    is a :class:`ConfigError` at start, not a refusal later."""
+    installed = pipeline_registry.installed()
+    names = sorted(installed) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in installed]
+    if unknown:
+        raise ConfigError(f"live_pipelines: unknown pipeline(s) {', '.join(unknown)} "
+                          f"(installed: {', '.join(sorted(installed))})")
+    return tuple(names)
 
 
 def _url_host(host: str) -> str:

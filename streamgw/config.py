@@ -119,6 +119,11 @@ class Settings(BaseModel):
     orch_data_dir: str = Field(
         "", description="orchestrator: where its TLS certificate is kept; empty: ~/.streamgw/orchestrator"
     )
+    live_pipelines: str = Field(
+        "", description="orchestrator: live video-to-video pipelines served (capability 35), comma-separated, "
+        "or 'all' for every installed one; empty: none",
+    )
+    live_capacity: int = Field(1, ge=1, le=64, description="orchestrator: live streams at once per pipeline")
     orch_delay: float = Field(
         0.0, ge=0.0, le=60.0, description="orchestrator: seconds of delay added per segment (testing)"
     )

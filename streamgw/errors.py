@@ -17,7 +17,9 @@
     │       ├── CapabilityMismatch     a job's capabilities do not fit an orchestrator's
     │       ├── SegDataError           Livepeer-Segment credentials cannot be built or are rejected
     │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
-    │       └── PaymentError           malformed ticket parameters or payment
+    │       ├── PaymentError           malformed ticket parameters or payment
+    │       └── TrickleError           a trickle server answered out of protocol, or with an error
+    │           └── TrickleClosed      the channel ended (closed, or gone: 404): end of stream
     ├── OrchestratorError      an orchestrator refused or failed a call (HTTP error, result error)
     │   ├── OrchestratorUnavailable  unreachable, no connection within the dial timeout, timed out
     │   │                            (GetOrchestrator included), TLS failed, or the connection broke
@@ -28,6 +30,9 @@
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
     │   └── CapacityError      too many streams
+    ├── PipelineError          a live AI pipeline cannot be made or run
+    │   ├── UnknownPipeline    no pipeline of that name is installed
+    │   └── PipelineParamsError  a parameter is unknown or out of range; names the field
     └── MediaError             media that cannot be segmented
         ├── KeyframeTimeout    no keyframe for too long
         ├── SegmentTooLarge    a segment outgrew its byte bound
@@ -156,3 +161,27 @@ class BadRenditionSignature(OrchestratorError):
 
 class SegmentRejected(MediaError):
     """An orchestrator reports that a segment itself cannot be transcoded: charged to its stream, not to it."""
+
+
+class TrickleError(LivepeerError):
+    """A trickle server answered out of protocol or with an error status."""
+
+
+class TrickleClosed(TrickleError):
+    """The trickle channel ended: closed by its publisher (``Lp-Trickle-Closed``) or gone (404)."""
+
+
+class PipelineError(StreamgwError):
+    """A live AI pipeline cannot be made, or failed on a frame."""
+
+
+class UnknownPipeline(PipelineError):
+    """No pipeline of that name is installed (entry-point group ``streamgw.pipelines``)."""
+
+
+class PipelineParamsError(PipelineError):
+    """A pipeline parameter is unknown, of the wrong type or out of range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

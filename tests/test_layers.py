@@ -45,6 +45,11 @@ def test_aiortc_only_in_the_webrtc_layer_and_the_session_modules() -> None:
     assert users and all(m.startswith(allowed) for m in users), users
 
 
+def test_opencv_only_in_the_pipelines() -> None:
+    users = sorted(m for m, names in _imports().items() if _uses(names, "cv2"))
+    assert users and all(m.startswith("pipelines/") for m in users), users
+
+
 def test_the_packages_keep_to_their_layers() -> None:
     forbidden = {
         "gateway/": ("streamgw.orchestrator",),
@@ -54,6 +59,10 @@ def test_the_packages_keep_to_their_layers() -> None:
                    "streamgw.api", "streamgw.webrtc", "streamgw.node"),
         "ingest/": ("streamgw.gateway", "streamgw.output", "streamgw.orchestrator"),
         "livepeer/": ("streamgw.gateway", "streamgw.orchestrator", "streamgw.media"),
+        "pipelines/": ("streamgw.gateway", "streamgw.orchestrator", "streamgw.media", "streamgw.ingest",
+                       "streamgw.output", "streamgw.api", "streamgw.node", "streamgw.trickle", "av"),
+        "trickle/": ("streamgw.gateway", "streamgw.orchestrator", "streamgw.media", "streamgw.ingest",
+                     "streamgw.output", "streamgw.api", "streamgw.node"),
     }
     wrong = [(m, n) for m, names in _imports().items() for prefix, bad in forbidden.items()
              if m.startswith(prefix) for n in names if any(_uses({n}, b) for b in bad)]

@@ -27,6 +27,7 @@ from streamgw.media.transcoder import RenditionSpec, transcode
 from streamgw.net import tcp_listener
 from streamgw.orchestrator.grpc_asgi import multiplex
 from streamgw.orchestrator.h2server import serve_tls
+from streamgw.orchestrator.live import LiveSettings
 from streamgw.orchestrator.service import OrchestratorService, OrchestratorSettings
 from streamgw.supervise import Supervisor
 
@@ -95,6 +96,9 @@ class OrchestratorNodeSettings:
     delay: float = 0.0
     require_signed: bool = False  # refuse unsigned (offchain) gateways
     allowed_gateways: frozenset[bytes] = frozenset()  # non-empty: only these signed gateways
+    live_pipelines: tuple[str, ...] = ()  # live video-to-video pipelines served (capability 35); none: off
+    live_capacity: int = 1  # streams at once per live pipeline
+    live_status_interval: float = 10.0  # seconds between a live stream's status events
 
 
 def usable_cpus() -> int:
@@ -157,6 +161,9 @@ class OrchestratorNode:
                                  allowed_gateways=self.settings.allowed_gateways),
             self._transcode,
             signer=self.signer,
+            live=LiveSettings(pipelines=self.settings.live_pipelines, capacity=self.settings.live_capacity,
+                              status_interval=self.settings.live_status_interval)
+            if self.settings.live_pipelines else None,
         )
         config = HypercornConfig()
         config.certfile = str(cert)
@@ -171,6 +178,7 @@ class OrchestratorNode:
         # upload may send as much after its answer as an accepted one may send in all.
         # The server owns its socket, so it cannot be restarted: its failure stops the process.
         discard_limit = self.service.settings.max_segment_bytes
+        self.supervisor.spawn("trickle-sweep", self.service.trickle_channels.run)
         self.supervisor.spawn("tls", lambda: serve_tls(
             app, config, sock, shutdown_trigger=self._stop.wait, ssl_shutdown_timeout=self.TLS_CLOSE,
             discard_limit=discard_limit), restart=False)
@@ -183,6 +191,10 @@ class OrchestratorNode:
     async def close(self) -> None:
         """Stop serving and the workers."""
         self._stop.set()
+        if self.service is not None:
+            if self.service.live is not None:
+                await self.service.live.close()
+            self.service.trickle_channels.close_all()  # waiting subscribers get the end of stream
         if self.supervisor.statuses():
             # serve_tls gives connections the graceful timeout, then TLS_CLOSE for their TLS
             # close; past that (it should not happen) they are cut off.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -22,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from streamgw.errors import LivepeerError, MediaError, SegDataError, SignatureError
 from streamgw.livepeer import lp_rpc_pb2 as pb
-from streamgw.livepeer.capabilities import Capabilities, Capability
+from streamgw.livepeer.capabilities import DEFAULT_CAPABILITIES, Capabilities, Capability
 from streamgw.livepeer.client import INVALID_INPUT
 from streamgw.livepeer.segdata import (
     AUTH_TOKEN_VALIDITY_S,
@@ -48,7 +50,10 @@ from streamgw.livepeer.signing import (
     verify_sig,
 )
 from streamgw.orchestrator.grpc_asgi import UNKNOWN, GrpcRouter, GrpcStatusError, Receive, Scope, Send
+from streamgw.orchestrator.live import LiveRunners, LiveSettings, StartError
 from streamgw.orchestrator.store import RenditionStore, Sessions
+from streamgw.trickle.channels import TrickleChannels
+from streamgw.trickle.server import TrickleServer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ TRANSCODE_CAPABILITIES = frozenset({
     Capability.PROFILE_H264_CONSTRAINED_HIGH, Capability.GOP, Capability.AUTH_TOKEN,
 })
 
+LIVE_START_MAX_BYTES = 1024 * 1024  # the start request's JSON (params included)
 _RENDITION_PATH = re.compile(r"^/stream/([0-9a-f]{1,64})/([A-Za-z0-9_.\-]{1,128})/(\d{1,19})\.ts$")
 
 
@@ -97,7 +103,8 @@ class OrchestratorService:
     """go-livepeer's orchestrator behaviour for transcoding, offchain (no tickets yet)."""
 
     def __init__(self, settings: OrchestratorSettings, transcode: Transcode,
-                 signer: MessageSigner | None = None, store: RenditionStore | None = None) -> None:
+                 signer: MessageSigner | None = None, store: RenditionStore | None = None,
+                 live: LiveSettings | None = None) -> None:
         self.settings = settings
         self.signer: MessageSigner = signer or OffchainSigner()
         self.transcode = transcode
@@ -110,6 +117,17 @@ class OrchestratorService:
         offchain = self.signer.address == ZERO_ADDRESS
         self.gateway_policy = GatewayPolicy(unsigned=offchain and not settings.require_signed,
                                             allowed=settings.allowed_gateways)
+        # Trickle channels (WIRE.md §7) at /ai/trickle/: created by the O itself (no auto-create).
+        self.trickle_channels = TrickleChannels()
+        self.trickle = TrickleServer(self.trickle_channels, "/ai/trickle/")
+        # Live video-to-video (capability 35): go-livepeer's gateways ask for Default caps + 35 and a
+        # model constraint per pipeline, so an O that runs live pipelines advertises all of them.
+        self.live = LiveRunners(self.trickle_channels, live, lambda: self.settings.service_url + "/ai/trickle/") \
+            if live is not None and live.pipelines else None
+        if self.live is not None:
+            self.capabilities = Capabilities.from_ids(
+                {*TRANSCODE_CAPABILITIES, *DEFAULT_CAPABILITIES, Capability.LIVE_VIDEO_TO_VIDEO},
+                per_capability={Capability.LIVE_VIDEO_TO_VIDEO: self.live.constraints()})
 
     # --- gRPC ---
 
@@ -139,8 +157,18 @@ class OrchestratorService:
         info = pb.OrchestratorInfo(transcoder=self.settings.service_url, address=self.signer.address)
         info.price_info.pricePerUnit = self.settings.price_per_unit
         info.price_info.pixelsPerUnit = self.settings.pixels_per_unit
-        info.capabilities.CopyFrom(self.capabilities.to_proto())
+        caps = self.capabilities
+        if self.live is not None:  # capacity and capacity in use as they are now
+            caps = dataclasses.replace(caps, per_capability={Capability.LIVE_VIDEO_TO_VIDEO: self.live.constraints()})
+        info.capabilities.CopyFrom(caps.to_proto())
         info.capabilities.capacities[int(Capability.H264)] = self.settings.max_concurrent
+        if self.live is not None:
+            live_caps = self.live.constraints()
+            free = sum(m.capacity for m in live_caps.values())
+            info.capabilities.capacities[int(Capability.LIVE_VIDEO_TO_VIDEO)] = free
+            for model_id in live_caps:  # per-pipeline prices (offchain: free)
+                info.capabilities_prices.add(pricePerUnit=0, pixelsPerUnit=1,
+                                             capability=int(Capability.LIVE_VIDEO_TO_VIDEO), constraint=model_id)
         info.auth_token.CopyFrom(token.to_proto())
         # What does the work: CPU transcoding with libx264 (no GPUs, so no gpu_info entries).
         info.hardware.add(pipeline="transcode", model_id="libx264-cpu")
@@ -163,8 +191,14 @@ class OrchestratorService:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        if self.trickle.handles(path):
+            await self.trickle(scope, receive, send)
+            return
         if path == "/segment":
             await self._segment(scope, receive, send)
+            return
+        if path == "/live-video-to-video" and scope["method"] == "POST" and self.live is not None:
+            await self._live_start(scope, receive, send)
             return
         match = _RENDITION_PATH.match(path)
         data = self.store.get(path) if match and scope["method"] in ("GET", "HEAD") else None
@@ -174,6 +208,46 @@ class OrchestratorService:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"video/mp2t"), (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data if scope["method"] == "GET" else b""})
+
+    async def _live_start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """go-livepeer's ``StartLiveVideoToVideo`` (WIRE.md §10.4): JSON, capacity, credentials, start."""
+        assert self.live is not None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await _read_body(receive, LIVE_START_MAX_BYTES)
+            request = json.loads(body)
+            if not isinstance(request, dict):
+                raise ValueError("the body is not a JSON object")
+        except (ValueError, LivepeerError) as exc:
+            await _plain(send, 400, str(exc))
+            return
+        except ConnectionError:
+            return
+        try:
+            self.live.check(request)
+        except StartError as exc:
+            await _plain(send, exc.status, str(exc))
+            return
+        payment = pb.Payment()
+        try:
+            payment.ParseFromString(base64.b64decode(headers.get(PAYMENT_HEADER.lower(), ""), validate=True))
+        except (binascii.Error, DecodeError) as exc:
+            await _plain(send, 402, str(exc))
+            return
+        try:
+            self._verify(headers.get(SEGMENT_HEADER.lower(), ""), payment)
+        except SegDataError as exc:
+            await _plain(send, 403, str(exc))
+            return
+        try:
+            reply = self.live.start(request)
+        except StartError as exc:
+            await _plain(send, exc.status, str(exc))
+            return
+        data = json.dumps(reply).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     async def _segment(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
