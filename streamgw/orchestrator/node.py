@@ -186,7 +186,8 @@ class OrchestratorNode:
         if self.supervisor.fatal.is_set():
             raise StreamgwError(f"orchestrator did not start: {self.supervisor.fatal_error}")
         log.info("orchestrator serving gRPC and HTTPS on %s (advertising %s); %d transcode threads, "
-                 "%d segments at once", self.url, service_url, self.workers, self.max_concurrent)
+                 "%d segments at once; live pipelines: %s", self.url, service_url, self.workers, self.max_concurrent,
+                 ", ".join(self.settings.live_pipelines) or "none")
 
     async def close(self) -> None:
         """Stop serving and the workers."""
