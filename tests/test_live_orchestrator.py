@@ -238,3 +238,42 @@ def test_the_live_pipelines_setting() -> None:
     assert set(live_pipelines("all")) >= {"noop", "face-blur", "face-boxes", "cartoon", "sketch"}
     with pytest.raises(ConfigError, match="nope"):
         live_pipelines("noop,nope")
+
+
+def test_bad_control_messages_are_reported_and_the_stream_goes_on(
+        node_settings: OrchestratorNodeSettings, tmp_path: Path) -> None:
+    inputs = _segments(tmp_path, 2)
+
+    async def test() -> None:
+        async with _running(node_settings) as gw:
+            info = await gw.info("noop")
+            urls = (await gw.start("noop", None, info)).json()
+            events = TrickleSubscriber(gw.http, urls["events_url"], start=0)
+            output = TrickleSubscriber(gw.http, urls["subscribe_url"], start=-1)
+            control = TricklePublisher(gw.http, urls["control_url"], mime="application/json")
+            publisher = TricklePublisher(gw.http, urls["publish_url"])
+            await control.publish(b"{not json")
+            await control.publish(b'{"x": ' + b"1" * (65 * 1024) + b"}")  # over max_control_bytes
+            await control.publish(b'{"blur": 3}')  # noop takes no parameters
+            await publisher.publish(inputs[0])
+            assert len(_pictures(await (await asyncio.wait_for(output.next(), 30)).read())) == 30
+            errors: list[str] = []
+            last_error = None
+            while len(errors) < 2 or last_error is None:
+                event = json.loads(await (await asyncio.wait_for(events.next(), 10)).read())["event"]
+                if event["type"] == "error":
+                    errors.append(event["message"])
+                elif event["type"] == "status":
+                    last_error = event["inference_status"]["last_error"] if errors else None
+                    if last_error and "blur" not in last_error:
+                        last_error = None
+            assert any("not JSON" in e for e in errors) and any("bytes" in e for e in errors), errors
+            assert "blur" in last_error  # the unknown parameter, applied at the next picture
+            await publisher.publish(inputs[1])  # the stream goes on
+            assert len(_pictures(await (await asyncio.wait_for(output.next(), 30)).read())) == 30
+            await publisher.aclose()
+            await control.aclose()
+            await output.aclose()
+            await events.aclose()
+
+    asyncio.run(asyncio.wait_for(test(), 90))
