@@ -15,10 +15,12 @@ and re-pins the orchestrator's certificate once: it may have restarted with a ne
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -37,17 +39,18 @@ from streamgw.errors import (
 )
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer import lp_rpc_pb2_grpc as pb_grpc
-from streamgw.livepeer.capabilities import Capabilities
+from streamgw.livepeer.capabilities import Capabilities, Capability, ai_job_capabilities
 from streamgw.livepeer.segdata import (
     PAYMENT_HEADER,
     SEGMENT_HEADER,
+    AuthToken,
     SegMetadata,
     build_segdata,
     encode_segdata_header,
     orchestrator_request,
     parse_transcode_result,
 )
-from streamgw.livepeer.signing import MessageSigner
+from streamgw.livepeer.signing import MessageSigner, keccak256
 from streamgw.livepeer.tls import CertificatePins, PinnedCertificate
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,38 @@ def http_error(url: str, status: int, body: str) -> OrchestratorError:
     if status == 403 and text.split(":", 1)[0].strip() in BUSY_ERRORS:
         return OrchestratorBusy(f"{url}: HTTP {status}: {text}")
     return OrchestratorError(f"{url}: HTTP {status}: {text}")
+
+
+LIVE_START_TIMEOUT = 5.0  # go-livepeer's gateway gives the start call 5 s
+AI_WORKER_AUTH = "Livepeer-AI-Worker-1.0"  # the Authorization go-livepeer's gateway sends (the O never checks it)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveChannels:
+    """The trickle channels of a live stream on an orchestrator, as URLs from the gateway's view."""
+
+    publish_url: str  # the input: one MPEG-TS segment per seq
+    subscribe_url: str  # the output
+    control_url: str  # one JSON message per seq
+    events_url: str
+    manifest_id: str  # the O's id for the stream (its balance key)
+
+
+def live_channels(transcoder: str, reply: Any) -> LiveChannels:
+    """The start reply's channels, as go-livepeer's gateway reads them: a host-less URL gets the
+    O's transcoder in front; a missing ``control_url`` or ``events_url`` is an error."""
+    if not isinstance(reply, dict):
+        raise OrchestratorError(f"{transcoder}: live start: the reply is not a JSON object")
+
+    def url(key: str, what: str) -> str:
+        value = reply.get(key)
+        if not isinstance(value, str) or not value:
+            raise OrchestratorError(f"{transcoder}: live start: {what} URL is missing")
+        return value if "://" in value else transcoder.rstrip("/") + "/" + value.lstrip("/")
+
+    return LiveChannels(url("publish_url", "publish"), url("subscribe_url", "subscribe"),
+                        url("control_url", "control"), url("events_url", "events"),
+                        str(reply.get("manifest_id") or ""))
 
 
 def grpc_error(url: str, call: str, exc: grpc.aio.AioRpcError) -> OrchestratorError:
@@ -313,6 +348,44 @@ class OrchestratorClient:
         if error is not None:
             raise error
         return SegmentAnswer(result, upload, time.monotonic() - started)
+
+    async def http(self, url: str) -> httpx.AsyncClient:
+        """The HTTP client pinned to ``url``'s orchestrator (for its trickle channels)."""
+        return await self._http_client(url, refresh=False)
+
+    async def start_live_video(self, info: pb.OrchestratorInfo, model_id: str, params: dict[str, Any] | None, *,
+                               request_id: str, stream_id: str, version: str) -> LiveChannels:
+        """``POST {transcoder}/live-video-to-video`` as go-livepeer's gateway sends it (WIRE.md
+        §10.2): SegData for ``35_{model}`` at seq 0 with the discovery capabilities and the O's auth
+        token, an empty Payment offchain, the JSON body with its empty URL keys. 503 (no free
+        runner) is :class:`OrchestratorBusy`; any other refusal an :class:`OrchestratorError`."""
+        caps = ai_job_capabilities(Capability.LIVE_VIDEO_TO_VIDEO, model_id, version=version, discovery=True)
+        meta = SegMetadata(manifest_id=f"35_{model_id}".encode(), seq=0, seg_hash=keccak256(b""), capabilities=caps,
+                           auth_token=AuthToken.from_proto(info.auth_token))
+        headers = {"Content-Type": "application/json", "Authorization": AI_WORKER_AUTH,
+                   SEGMENT_HEADER: encode_segdata_header(build_segdata(meta, self.signer)), PAYMENT_HEADER: ""}
+        body = json.dumps({"gateway_request_id": request_id, "model_id": model_id, "params": params,
+                           "publish_url": "", "stream_id": stream_id, "subscribe_url": ""})
+        url = info.transcoder.rstrip("/") + "/live-video-to-video"
+        try:
+            client = await self._http_client(url, refresh=False)
+            response = await client.post(url, content=body, headers=headers, timeout=LIVE_START_TIMEOUT)
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnavailable(f"{url}: no answer within {LIVE_START_TIMEOUT:.0f} s") from exc
+        except (httpx.HTTPError, ssl.SSLError) as exc:
+            raise OrchestratorUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+        text = response.text[:MAX_ERROR_BODY].strip()
+        if response.status_code == 503:
+            raise OrchestratorBusy(f"{url}: HTTP 503: {text}")
+        if response.status_code != 200:
+            raise OrchestratorError(f"{url}: HTTP {response.status_code}: {text}")
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            raise OrchestratorError(f"{url}: the reply is not JSON ({response.headers.get('content-type')})")
+        try:
+            reply = response.json()
+        except ValueError as exc:
+            raise OrchestratorError(f"{url}: the reply is not JSON: {exc}") from exc
+        return live_channels(info.transcoder, reply)
 
     async def download(self, url: str, timeout: float) -> bytes:
         """GET a rendition the orchestrator stored."""
