@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import av
@@ -36,7 +36,6 @@ class SegmentStats:
     inference_seconds: float = 0.0
     size: tuple[int, int] = (0, 0)
     audio_packets: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class _Writer:

@@ -84,7 +84,6 @@ class SegmenterSettings:
 # packet can come later (behind a 1 MB keyframe). The segmenter then reads on for an audio frame
 # to take the parameters from, up to max(target_duration, AUDIO_WAIT) of media.
 AUDIO_WAIT = Fraction(1)
-BUFFER = 262144
 _KEYFRAME_INTERVALS = 8  # keyframe_interval is the longest of this many
 
 
@@ -96,7 +95,7 @@ class _Cut:
                  audio_config: bytes | None = None) -> None:
         self.buf = SegmentBytes()
         # One SDT at most (it is written once at the start), which finish() removes.
-        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options(), buffer_size=BUFFER)
+        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         for s in streams:
             # Copied into the stream's parameters when the header is written (first mux).

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import io
 import json
 import logging
@@ -39,7 +38,6 @@ from streamgw.trickle.channels import TrickleChannel, TrickleChannels, TrickleSe
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE = b'{"keep":"alive"}'
 RUNNER_VERSION = "streamgw-live-1"
 
 
@@ -237,29 +235,23 @@ class LiveRunners:
 
     async def _run(self, stream: LiveStream) -> None:
         loop = asyncio.get_running_loop()
-        control = loop.create_task(self._control(stream))
-        status = loop.create_task(self._status(stream))
+        tasks = [loop.create_task(self._control(stream)), loop.create_task(self._status(stream))]
         try:
             await loop.run_in_executor(self.executor, stream.pipeline.warm_up)
             stream.state = "ONLINE"
             self._event(stream, stream.status())
-            input_task = loop.create_task(self._input(stream))
-            done, _ = await asyncio.wait({input_task, control}, return_when=asyncio.FIRST_COMPLETED)
+            tasks.append(loop.create_task(self._input(stream)))
+            done, _ = await asyncio.wait({tasks[0], tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # an error ends the stream with an error event
-            input_task.cancel()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a pipeline or runner fault ends this stream only
             stream.state = "ERROR"
-            stream.last_error, stream.last_error_time = str(exc), time.time()
             log.warning("live stream %s: %s", stream.mid, exc)
-            self._event(stream, {"queue_event_type": "ai_stream_events", "event": {
-                "type": "error", "pipeline": stream.model_id, "message": str(exc), "time": int(time.time() * 1000)}})
+            self._error(stream, str(exc))
             self._event(stream, stream.status())
         finally:
-            control.cancel()
-            status.cancel()
+            for task in tasks:
+                task.cancel()
             self.streams.pop(stream.mid, None)
             for channel in stream.channels.values():
                 self.channels.close(channel.name)
@@ -299,18 +291,16 @@ class LiveRunners:
                     break
         finally:
             pipe.end()
-        if offset == 0:
-            with contextlib.suppress(MediaError):
-                await work
-            target.close()
-            return None  # an empty segment (the channel closed before it began)
         try:
-            stats = await work
+            stats = await work  # the thread's writes were queued on the loop before its result
         except MediaError:
+            if offset:
+                raise
+            return None  # an empty segment (the channel closed before it began)
+        finally:
             target.close()
-            raise
-        await asyncio.sleep(0)  # the thread's last writes are queued on the loop before this
-        target.close()
+        if offset == 0:
+            return None
         elapsed = max(1e-6, time.monotonic() - started)
         stream.frames_in += stats.frames_in
         stream.frames_out += stats.frames_out
@@ -329,20 +319,19 @@ class LiveRunners:
 
     async def _control(self, stream: LiveStream) -> None:
         """Apply each control message; ends (and so ends the stream) when the channel closes."""
+        limit = self.settings.max_control_bytes
         async for segment in local_segments(stream.channels["control"]):
             body = bytearray()
-            offset = 0
             while True:
-                data, ended = await segment.read(offset)
-                offset += len(data)
+                data, ended = await segment.read(len(body))
                 body += data
-                if len(body) > self.settings.max_control_bytes:
-                    self._error(stream, f"control message over {self.settings.max_control_bytes} bytes: dropped")
+                if ended or len(body) > limit:
                     break
-                if ended:
-                    break
+            if len(body) > limit:
+                self._error(stream, f"control message over {limit} bytes: dropped")
+                continue
             message = bytes(body).strip()
-            if not message or message == KEEPALIVE or len(body) > self.settings.max_control_bytes:
+            if not message:
                 continue
             try:
                 params = json.loads(message)

@@ -157,16 +157,16 @@ class OrchestratorService:
         info = pb.OrchestratorInfo(transcoder=self.settings.service_url, address=self.signer.address)
         info.price_info.pricePerUnit = self.settings.price_per_unit
         info.price_info.pixelsPerUnit = self.settings.pixels_per_unit
+        live = self.live.constraints() if self.live is not None else None  # capacity as it is now
         caps = self.capabilities
-        if self.live is not None:  # capacity and capacity in use as they are now
-            caps = dataclasses.replace(caps, per_capability={Capability.LIVE_VIDEO_TO_VIDEO: self.live.constraints()})
+        if live is not None:
+            caps = dataclasses.replace(caps, per_capability={Capability.LIVE_VIDEO_TO_VIDEO: live})
         info.capabilities.CopyFrom(caps.to_proto())
         info.capabilities.capacities[int(Capability.H264)] = self.settings.max_concurrent
-        if self.live is not None:
-            live_caps = self.live.constraints()
-            free = sum(m.capacity for m in live_caps.values())
+        if live is not None:
+            free = sum(m.capacity for m in live.values())
             info.capabilities.capacities[int(Capability.LIVE_VIDEO_TO_VIDEO)] = free
-            for model_id in live_caps:  # per-pipeline prices (offchain: free)
+            for model_id in live:  # per-pipeline prices (offchain: free)
                 info.capabilities_prices.add(pricePerUnit=0, pixelsPerUnit=1,
                                              capability=int(Capability.LIVE_VIDEO_TO_VIDEO), constraint=model_id)
         info.auth_token.CopyFrom(token.to_proto())

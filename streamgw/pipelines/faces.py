@@ -39,9 +39,13 @@ class FaceDetector:
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise PipelineError(f"OpenCV's face cascade is missing ({path}): opencv 4.x ships it, 5.0 does not")
-        self.frames = 0
-        self.searches = 0
         self.tracks: list[tuple[Box, int]] = []  # (box, searches missed in a row)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every face and start counting frames again."""
+        self.frames = self.searches = 0
+        self.tracks = []
 
     @property
     def boxes(self) -> list[Box]:
@@ -113,8 +117,7 @@ class _FacePipeline(BasePipeline):
 
     def warm_up(self) -> None:
         self.detector.detect(np.zeros((64, 64, 3), np.uint8), 1)
-        self.detector.frames = self.detector.searches = 0
-        self.detector.tracks = []
+        self.detector.reset()
 
 
 class FaceBlur(_FacePipeline):

@@ -59,6 +59,20 @@ def _seq(text: str, lowest: int) -> int | None:
     return seq if seq >= lowest else None
 
 
+async def _first_message(receive: Receive, channel: TrickleChannel) -> MutableMapping[str, Any] | None:
+    """The request's first message, or None if the channel closes first."""
+    message = asyncio.ensure_future(receive())
+    closed = asyncio.ensure_future(channel.closed_event.wait())
+    await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+    closed.cancel()
+    if message.done():
+        return message.result()
+    message.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await message
+    return None
+
+
 class TrickleServer:
     """ASGI app for the channels of ``channels`` under the path prefix ``base``."""
 
@@ -123,43 +137,33 @@ class TrickleServer:
         segment, seq = channel.for_write(seq, reset=reset)
         limit = self.channels.limits.max_segment_bytes
         total = 0
-        closed = asyncio.ensure_future(channel.closed_event.wait())
-        try:
-            while True:
-                message_task = asyncio.ensure_future(receive())
-                done, _ = await asyncio.wait({message_task, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if message_task not in done:
-                    # The channel closed while this (preconnected) POST waited for its body.
-                    message_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await message_task
-                    await _answer(send, 200, "", (SEQ, str(seq)), (CLOSED, "terminated"))
+        message = await _first_message(receive, channel)
+        if message is None:  # the channel closed while this (preconnected) POST waited for its body
+            await _answer(send, 200, "", (SEQ, str(seq)), (CLOSED, "terminated"))
+            return
+        while True:
+            if message["type"] == "http.disconnect":
+                # The publisher went away mid-body: the segment stays open, as go-livepeer's does.
+                return
+            body = message.get("body", b"")
+            if body:
+                if total == 0:
+                    channel.started(seq)
+                total += len(body)
+                if total > limit:
+                    segment.close()
+                    await _answer(send, 413, f"segment exceeds {limit} bytes", (SEQ, str(seq)))
                     return
-                message = message_task.result()
-                if message["type"] == "http.disconnect":
-                    # The publisher went away mid-body: the segment stays open, as go-livepeer's does.
-                    return
-                body = message.get("body", b"")
-                if body:
-                    if total == 0:
-                        channel.started(seq)
-                    total += len(body)
-                    if total > limit:
-                        segment.close()
-                        await _answer(send, 413, f"segment exceeds {limit} bytes", (SEQ, str(seq)))
-                        return
-                    segment.write(body)
-                if not message.get("more_body", False):
-                    break
-        finally:
-            closed.cancel()
+                segment.write(body)
+            if not message.get("more_body", False):
+                break
+            message = await receive()
+        segment.close()
         if total == 0:
             channel.started(seq)  # an empty POST still advances the next write
-            segment.close()
             await _answer(send, 200, "", (SEQ, str(seq)), ("Connection", "close"))
-            return
-        segment.close()
-        await _answer(send, 200, "", (SEQ, str(seq)))
+        else:
+            await _answer(send, 200, "", (SEQ, str(seq)))
 
     async def _subscribe(self, channel: TrickleChannel, seq: int, asked: str, send: Send) -> None:
         segment, latest = channel.for_read(seq)
