@@ -169,7 +169,7 @@ def _harness(sink: str, port: int) -> None:
         def close(self, *, clean: bool) -> None:
             pass
 
-    async def open_publisher(name: str, remote: str) -> Any:
+    async def open_publisher(name: str, remote: str, query: str = "") -> Any:
         return Drop()
 
     async def main() -> None:

@@ -85,6 +85,8 @@ def live_pipelines(spec: str) -> tuple[str, ...]:
     """The ``live_pipelines`` setting as names: 'all' is every installed pipeline; an unknown one
     is a :class:`ConfigError` at start, not a refusal later."""
     installed = pipeline_registry.installed()
+    if spec.strip() == "none":
+        return ()
     names = sorted(installed) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in installed]
     if unknown:
@@ -107,6 +109,9 @@ async def _serve(command: str, settings: Settings) -> int:
     gateway: GatewayNode | None = None
     try:
         if command == "orchestrator" or (command == "up" and not settings.orch_addr.strip()):
+            if command == "up" and not settings.live_pipelines.strip():
+                # Zero config: the embedded orchestrator serves every installed live pipeline.
+                settings = settings.model_copy(update={"live_pipelines": "all"})
             orchestrator = orchestrator_node(settings)
             await orchestrator.start()
             print(f"streamgw {__version__}: orchestrator at {orchestrator.url}", flush=True)

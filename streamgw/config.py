@@ -82,7 +82,8 @@ class Settings(BaseModel):
     )
     transcoding_options: str = Field(
         "P144p30fps16x9,P240p30fps16x9,P360p30fps16x9",
-        description="the ABR ladder: preset names, comma-separated, or a JSON file of go-livepeer profiles",
+        description="the ABR ladder: preset names, comma-separated, or a JSON file of go-livepeer profiles; "
+        "'none': no ladder (a gateway for live AI only)",
     )
     orch_webhook_url: str = Field(
         "", description="URL answering GET with [{\"address\": URL, \"score\": float}] "
@@ -121,9 +122,20 @@ class Settings(BaseModel):
     )
     live_pipelines: str = Field(
         "", description="orchestrator: live video-to-video pipelines served (capability 35), comma-separated, "
-        "or 'all' for every installed one; empty: none",
+        "or 'all' for every installed one, or 'none'; empty: none ('all' for the orchestrator `streamgw up` embeds)",
     )
     live_capacity: int = Field(1, ge=1, le=64, description="orchestrator: live streams at once per pipeline")
+    live_default_pipelines: str = Field(
+        "", description="gateway: the live AI pipeline of streams published without ?pipeline=, as "
+        "STREAM=PIPELINE pairs, comma-separated ('*=face-blur': every stream); empty: none",
+    )
+    live_events_timeout: float = Field(
+        30.0, ge=1.0, le=600.0, description="gateway: seconds without a live AI event before swapping orchestrator",
+    )
+    live_output_timeout: float = Field(
+        30.0, ge=1.0, le=600.0,
+        description="gateway: seconds without live AI output (input flowing) before swapping orchestrator",
+    )
     orch_delay: float = Field(
         0.0, ge=0.0, le=60.0, description="orchestrator: seconds of delay added per segment (testing)"
     )

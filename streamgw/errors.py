@@ -29,7 +29,10 @@
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
-    │   └── CapacityError      too many streams
+    │   ├── CapacityError      too many streams
+    │   └── LiveAiRefused      a stream's live AI cannot start: bad pipeline request (names the
+    │       │                  field), or an orchestrator refused it (its text)
+    │       └── NoLiveOrchestrator  no orchestrator offers the pipeline, or none could start it
     ├── PipelineError          a live AI pipeline cannot be made or run
     │   ├── UnknownPipeline    no pipeline of that name is installed
     │   └── PipelineParamsError  a parameter is unknown or out of range; names the field
@@ -97,6 +100,19 @@ class BadStreamName(StreamError):
 
 class CapacityError(StreamError):
     """The gateway is at its stream capacity."""
+
+
+class LiveAiRefused(StreamError):
+    """A stream's live AI request cannot be served: a bad request (``field`` names what), or a
+    refusal by the orchestrators (their text)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class NoLiveOrchestrator(LiveAiRefused):
+    """No orchestrator offers the pipeline, or none of those that do could start the stream."""
 
 
 class MediaError(StreamgwError):

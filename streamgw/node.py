@@ -14,13 +14,16 @@ import uvicorn
 
 from streamgw.api.app import create_app
 from streamgw.api.hls import FrontCounts, HlsServing, hls_front
+from streamgw.api.live_ai import live_ai_router
 from streamgw.api.webrtc import webrtc_router
 from streamgw.config import Settings, split_addr
-from streamgw.errors import ConfigError, ProfileError, StreamgwError
+from streamgw.errors import ConfigError, LiveAiRefused, ProfileError, StreamBusy, StreamgwError
 from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import Dispatcher, DispatchSettings
 from streamgw.gateway.hub import Hub
-from streamgw.gateway.publishers import Publishers, PublisherSettings
+from streamgw.gateway.live_ai import AI_RENDITION, LiveAi, LiveAiSettings
+from streamgw.gateway.live_request import parse_defaults, parse_query
+from streamgw.gateway.publishers import Publisher, Publishers, PublisherSettings
 from streamgw.gateway.selection import SelectionPolicy
 from streamgw.gateway.streams import StreamState
 from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
@@ -51,7 +54,10 @@ class _Uvicorn(uvicorn.Server):
 
 
 def load_profiles(spec: str) -> list[VideoProfile]:
-    """The ladder from preset names or a go-livepeer JSON profiles file; raises ConfigError."""
+    """The ladder from preset names or a go-livepeer JSON profiles file ("none": no ladder, for a
+    gateway that only runs live AI); raises ConfigError."""
+    if spec.strip() == "none":
+        return []
     try:
         if spec.strip().endswith(".json") or Path(spec).is_file():
             try:
@@ -82,6 +88,24 @@ def selection_policy(settings: Settings) -> SelectionPolicy:
                  if settings.max_price_per_unit else None)
     return SelectionPolicy(max_price=max_price, max_price_per_capability=per_cap,
                            include=_url_set(settings.orch_include), exclude=_url_set(settings.orch_exclude))
+
+
+class _LiveIngest:
+    """The WebRTC endpoints the /live/video-to-video routes use."""
+
+    def __init__(self, node: GatewayNode) -> None:
+        self.node = node
+
+    async def whip(self, stream: str, offer: str, remote: str, query: str) -> tuple[str, str]:
+        self.node._check_live_query(stream, query)  # before any WebRTC
+        return await self.node.whip.publish(stream, offer, remote, query)
+
+    async def whep(self, stream: str, rendition: str, offer: str, remote: str) -> tuple[str, str]:
+        return await self.node.whep.play(stream, rendition, offer, remote)
+
+    def is_live(self, stream: str) -> bool:
+        live = self.node.publishers.streams.get(stream)
+        return live is not None and live.state is StreamState.LIVE
 
 
 class GatewayNode:
@@ -127,7 +151,7 @@ class GatewayNode:
         )
         self.publishers.on_removed(lambda stream: self.hls.forget(stream.name))
         self.rtmp = RtmpServer(
-            self.publishers.open_publisher,
+            self._open_publisher,
             RtmpLimits(
                 handshake_timeout=settings.rtmp_handshake_timeout,
                 idle_timeout=settings.rtmp_idle_timeout,
@@ -146,17 +170,30 @@ class GatewayNode:
         pins = CertificatePins()
         self.pool: OrchestratorPool | None = None
         self.dispatcher: Dispatcher | None = None
+        self.live_ai: LiveAi | None = None
+        defaults = parse_defaults(settings.live_default_pipelines)
         if transcoding:
             self.pool = OrchestratorPool(
                 lambda url: orchestrator_client(url, self.signer, pins),
                 static=urls, webhook_url=settings.orch_webhook_url,
                 refresh_interval=settings.orch_refresh_interval,
             )
+        if self.pool is not None and self.profiles:
             self.dispatcher = Dispatcher(
                 self.hub, self.pool, self.profiles,
                 DispatchSettings(max_in_flight=settings.max_in_flight, max_backlog=2 * settings.max_in_flight),
                 selection_policy(settings), observer=self.metrics, has_video=self._has_video,
+                input_rendition=self._ladder_input,
             )
+        if self.pool is not None:
+            self.live_ai = LiveAi(
+                self.hub, self.pool,
+                LiveAiSettings(events_timeout=settings.live_events_timeout,
+                               output_timeout=settings.live_output_timeout),
+                selection_policy(settings), defaults)
+            self.publishers.on_removed(lambda stream: self.live_ai.forget(stream.name) if self.live_ai else None)
+        elif defaults:
+            raise ConfigError("live_default_pipelines needs orchestrators (orch_addr or orch_webhook_url)")
         ice = IceSettings(
             addresses=parse_ice_addresses(settings.webrtc_addrs),
             servers=parse_ice_servers(settings.webrtc_ice_servers),
@@ -164,7 +201,7 @@ class GatewayNode:
         )
         self.whep = WhepOutput(WhepSettings(max_sessions=settings.whep_max_sessions), ice, self._whep_available)
         self.whip = WhipServer(
-            self.publishers.open_publisher,
+            self._open_publisher,
             WhipSettings(
                 target_duration=Fraction(settings.segment_duration).limit_denominator(1000),
                 video_bitrate=settings.whip_video_bitrate, max_sessions=settings.whip_max_sessions,
@@ -174,12 +211,60 @@ class GatewayNode:
         )
         web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB
         self.supervisor = Supervisor("gateway")
+        routers = [webrtc_router(self.whip, self.whep, settings.whip_token, self._check_live_query)]
+        if self.live_ai is not None:
+            routers.append(live_ai_router(self.live_ai, _LiveIngest(self)))
         self.app = create_app(self.publishers, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
-                              routers=[webrtc_router(self.whip, self.whep, settings.whip_token)],
-                              health=self.supervisor, rtmp_address=self._rtmp_address,
-                              whip_video=self.whip.video_mode)
+                              pool=self.pool,
+                              routers=routers, health=self.supervisor, rtmp_address=self._rtmp_address,
+                              whip_video=self.whip.video_mode, pipeline=self._pipeline)
         self._http: _Uvicorn | None = None
         self.http_port = 0
+
+    async def _open_publisher(self, name: str, remote: str, query: str = "") -> Publisher:
+        """Open a publisher (RTMP and WHIP), first starting the live AI its query (or /start, or
+        the settings) asks for: a refused pipeline refuses the publish before anything starts."""
+        live = self.live_ai
+        if live is None:
+            if parse_query(query) is not None:
+                raise LiveAiRefused("live AI needs orchestrators (orch_addr or orch_webhook_url)", "pipeline")
+            return await self.publishers.open_publisher(name, remote)
+        current = self.publishers.streams.get(name)
+        if current is not None and current.state is StreamState.LIVE:
+            raise StreamBusy(f"stream {name!r} is already being published")
+        request = live.request_for(name, query)
+        running = live.session(name)
+        started = False
+        if request is not None and (running is None or running.request.pipeline != request.pipeline):
+            await live.start(name, request)  # a reconnect within the grace keeps its session
+            started = True
+        try:
+            return await self.publishers.open_publisher(name, remote)
+        except BaseException:
+            if started:
+                await live.stop(name)
+            raise
+
+    def _check_live_query(self, name: str, query: str) -> None:
+        """Refuse a bad live AI request at once (before WebRTC): bad syntax, or a pipeline none of
+        the orchestrators known so far offers. The start itself comes with the publisher."""
+        request = parse_query(query)
+        if request is None:
+            return
+        if self.live_ai is None:
+            raise LiveAiRefused("live AI needs orchestrators (orch_addr or orch_webhook_url)", "pipeline")
+        offered = self.live_ai.models()
+        if offered and request.pipeline not in offered:
+            raise LiveAiRefused(f"no orchestrator offers pipeline {request.pipeline!r} "
+                                f"(offered: {', '.join(sorted(offered))})", "pipeline")
+
+    def _ladder_input(self, stream: str) -> str:
+        """What a stream's ladder is made from: its AI output when it goes through a pipeline."""
+        return AI_RENDITION if self.live_ai is not None and self.live_ai.session(stream) is not None else "source"
+
+    def _pipeline(self, stream: str) -> str | None:
+        session = self.live_ai.session(stream) if self.live_ai is not None else None
+        return session.request.pipeline if session is not None else None
 
     def _has_video(self, stream: str) -> bool | None:
         """Whether a stream carries video (the dispatcher sends none that does not); None before probing."""
@@ -193,7 +278,8 @@ class GatewayNode:
         if live is None or live.state is StreamState.ENDED:
             return False
         return rendition == "source" or rendition in self.hls.renditions(stream) or any(
-            p.name == rendition for p in self.profiles)
+            p.name == rendition for p in self.profiles) or (
+            rendition == AI_RENDITION and self._pipeline(stream) is not None)
 
     def _rtmp_address(self) -> tuple[str, int]:
         """The RTMP host as configured and the port bound (the web page's publish instructions)."""
@@ -210,9 +296,13 @@ class GatewayNode:
         sup.spawn("hls", lambda: self.hls.run(hub.subscribe(maxsize=1024, name="hls")))
         sup.spawn("whep", lambda: self.whep.run(hub.subscribe(maxsize=1024, name="whep")))
         dispatcher, pool = self.dispatcher, self.pool
-        if dispatcher is not None and pool is not None:
+        if dispatcher is not None:
             sup.spawn("dispatcher", lambda: dispatcher.run(hub.subscribe(maxsize=1024, name="dispatcher")))
+        if pool is not None:
             sup.spawn("discovery", pool.run)
+        live = self.live_ai
+        if live is not None:
+            sup.spawn("live-ai", lambda: live.run(hub.subscribe(maxsize=1024, name="live-ai")))
         host, port = split_addr(self.settings.rtmp_addr)
         await self.rtmp.start(host, port)
         host, port = split_addr(self.settings.http_addr)
@@ -234,6 +324,8 @@ class GatewayNode:
 
     async def close(self) -> None:
         """End publishers (flushing their last segments), then stop serving."""
+        if self.live_ai is not None:
+            await self.live_ai.close()
         await self.whip.close()
         await self.whep.close()
         await self.rtmp.close()

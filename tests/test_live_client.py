@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamgw.errors import OrchestratorBusy, OrchestratorError
+from streamgw.errors import LiveAiRefused, OrchestratorBusy, OrchestratorError
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import Capabilities, Capability, ai_job_capabilities
 from streamgw.livepeer.client import OrchestratorClient
@@ -101,7 +101,7 @@ def test_the_start_request_is_shaped_as_go_livepeer_sends_it(tmp_path: Path) -> 
                 with pytest.raises(OrchestratorError, match="not JSON"):
                     await client.start_live_video(_info(url), "noop", {}, request_id="r", stream_id="", version="1")
                 stub.answer = (400, "text/plain", b"missing model_id\n")
-                with pytest.raises(OrchestratorError, match="400: missing model_id"):
+                with pytest.raises(LiveAiRefused, match="400: missing model_id"):
                     await client.start_live_video(_info(url), "noop", {}, request_id="r", stream_id="", version="1")
             finally:
                 await client.close()

@@ -4,7 +4,9 @@ and the output checked with PyAV."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,36 @@ def test_bad_input_and_a_bad_pipeline_are_errors(tmp_path: Path) -> None:
         run_segment(io.BytesIO(data), io.BytesIO().write, lambda frame: frame[:10])
     with pytest.raises(MediaError, match="pipeline returned"):
         run_segment(io.BytesIO(data), io.BytesIO().write, lambda frame: frame.astype(np.float32))
+
+
+def test_audio_before_the_first_picture_waits_for_it(tmp_path: Path) -> None:
+    """A segment whose audio packets come before its first video packet (the gateway's segmenter
+    cuts RTMP input so): once, a stream added after the muxer's first packet killed the process."""
+    source = _segment(tmp_path)
+    with av.open(io.BytesIO(source), format="mpegts") as c:
+        packets = [p for p in c.demux() if p.dts is not None]
+        audio = [p for p in packets if p.stream.type == "audio"]
+        video = [p for p in packets if p.stream.type == "video"]
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mpegts") as out:
+            streams = {c.streams.video[0].index: out.add_stream_from_template(c.streams.video[0]),
+                       c.streams.audio[0].index: out.add_stream_from_template(c.streams.audio[0])}
+            for p in audio[:10] + video + audio[10:]:
+                p.stream = streams[p.stream.index]
+                out.mux(p)
+    reordered = buf.getvalue()
+    with av.open(io.BytesIO(reordered), format="mpegts") as c:
+        assert next(p for p in c.demux() if p.dts is not None).stream.type == "audio"
+    # In a child process: the old fault was SIGFPE, which would take the test run down with it.
+    path = tmp_path / "audio-first.ts"
+    path.write_bytes(reordered)
+    script = ("import io, json, sys; from streamgw.media.live_video import run_segment; out = []; "
+              "s = run_segment(open(sys.argv[1], 'rb'), out.append, lambda f: f); "
+              "open(sys.argv[1] + '.out', 'wb').write(b''.join(out)); "
+              "print(json.dumps([s.frames_in, s.frames_out, s.audio_packets]))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    frames_in, frames_out, audio_packets = json.loads(done.stdout)
+    assert frames_out == frames_in > 0
+    assert audio_packets == len(audio)
+    assert _probe((tmp_path / "audio-first.ts.out").read_bytes())["audio"]

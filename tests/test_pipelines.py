@@ -15,7 +15,7 @@ from streamgw.errors import PipelineParamsError, UnknownPipeline
 from streamgw.pipelines import registry
 from streamgw.pipelines.base import Frame, LivePipeline
 
-SHIPPED = {"noop", "face-blur", "face-boxes", "cartoon", "sketch"}
+SHIPPED = {"noop", "face-blur", "face-boxes", "cartoon", "sketch", "background-blur", "background-replace"}
 
 
 def psnr(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
@@ -147,3 +147,86 @@ def test_bad_params_name_the_field_and_change_nothing(params: dict[str, Any], fi
     assert pipeline.params()["strength"] == 0.3
     with pytest.raises(PipelineParamsError, match="color"):
         registry.create("face-boxes", {"color": "#12345"})
+
+
+# --- background-blur, background-replace (person segmentation) ---
+
+PERSON = (150, 250, 150, 150)  # x, y, w, h: the astronaut's chest and suit in skimage's 512x512 photo
+BACKGROUND = (0, 0, 90, 90)  # the wall at the top left
+
+
+def _box(frame: Frame, box: tuple[int, int, int, int]) -> Frame:
+    x, y, w, h = box
+    return frame[y:y + h, x:x + w]
+
+
+def _jpeg_data_url(image: Frame, side: int = 160) -> str:
+    import base64
+
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(image, (side, side)), cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert ok
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
+
+
+def test_background_blur_keeps_the_person_and_blurs_the_rest() -> None:
+    photo = np.ascontiguousarray(data.astronaut())
+    pipeline = registry.create("background-blur", {"strength": 1.0})
+    pipeline.warm_up()
+    out = pipeline.process(photo)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    assert psnr(_box(out, PERSON), _box(photo, PERSON)) > 35
+    blurred = psnr(_box(out, BACKGROUND), _box(photo, BACKGROUND))
+    assert blurred < 30
+    pipeline.update({"strength": 0.2})
+    for _ in range(3):
+        lighter = pipeline.process(photo)
+    assert blurred < psnr(_box(lighter, BACKGROUND), _box(photo, BACKGROUND))
+    pipeline.update({"strength": 0})
+    assert np.array_equal(pipeline.process(photo), photo)
+
+
+def test_background_replace_with_a_colour_then_an_image() -> None:
+    photo = np.ascontiguousarray(data.astronaut())
+    pipeline = registry.create("background-replace", {"color": "#0000ff"})
+    out = pipeline.process(photo)
+    assert psnr(_box(out, PERSON), _box(photo, PERSON)) > 35
+    assert np.abs(_box(out, BACKGROUND).astype(int) - (0, 0, 255)).mean() < 3
+    # An image (a data URL, as a control message carries it) replaces the colour, scaled to the frame.
+    coffee = data.coffee()
+    pipeline.update({"image": _jpeg_data_url(coffee)})
+    for _ in range(3):
+        out = pipeline.process(photo)
+    expected = cv2.resize(cv2.resize(coffee, (160, 160)), (512, 512), interpolation=cv2.INTER_AREA)
+    assert psnr(_box(out, BACKGROUND), _box(expected, BACKGROUND)) > 25
+    assert psnr(_box(out, PERSON), _box(photo, PERSON)) > 35
+    pipeline.update({"image": ""})  # back to the colour
+    assert np.abs(_box(pipeline.process(photo), BACKGROUND).astype(int) - (0, 0, 255)).mean() < 3
+
+
+@pytest.mark.parametrize("image, why", [
+    ("http://example.com/a.png", "data:image"), ("data:image/png;base64,@@@", "base64"),
+    ("data:image/png;base64,aGVsbG8=", "not an image"), (7, "data:image"),
+])
+def test_a_bad_background_image_names_the_field_and_changes_nothing(image: Any, why: str) -> None:
+    pipeline = registry.create("background-replace", {"color": "#00ff00"})
+    with pytest.raises(PipelineParamsError, match=why) as raised:
+        pipeline.update({"color": "#ff0000", "image": image})
+    assert raised.value.field == "image"
+    assert pipeline.params()["color"] == (0, 255, 0)
+    with pytest.raises(PipelineParamsError) as raised:
+        registry.create("background-replace", {"image": "data:image/png;base64," + "A" * 70_000})
+    assert raised.value.field == "image"
+
+
+def test_the_segmentation_model_is_the_one_its_notice_names() -> None:
+    import hashlib
+    import re as _re
+    from pathlib import Path
+
+    from streamgw.pipelines.background import MODEL
+
+    notice = (Path(MODEL).parent / "NOTICE").read_text()
+    want = _re.search(r"sha256 ([0-9a-f]{64})", notice)
+    assert want is not None
+    assert hashlib.sha256(Path(MODEL).read_bytes()).hexdigest() == want.group(1)

@@ -47,7 +47,7 @@ def _serve(coalesce: float) -> Iterator[_Served]:
     state: dict[str, object] = {}
 
     async def main() -> None:
-        async def open_publisher(name: str, remote: str) -> _Sink:
+        async def open_publisher(name: str, remote: str, query: str) -> _Sink:
             return sink
 
         server = RtmpServer(open_publisher, RtmpLimits(read_coalesce=coalesce))

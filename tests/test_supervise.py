@@ -239,7 +239,11 @@ def test_dispatcher_and_discovery_are_supervised_with_orchestrators(
         gateway_factory: Callable[..., RunningGateway]) -> None:
     gw = gateway_factory(orch_addr="https://127.0.0.1:9", transcoding_options="P144p30fps16x9")
     assert [s.name for s in gw.call(gw.node.supervisor.statuses)] == ["hls", "whep", "dispatcher", "discovery",
-                                                                      "http"]
+                                                                      "live-ai", "http"]
+    # No ladder ("none"): no dispatcher, but discovery and live AI still run.
+    live_only = gateway_factory(orch_addr="https://127.0.0.1:9", transcoding_options="none")
+    assert [s.name for s in live_only.call(live_only.node.supervisor.statuses)] == ["hls", "whep", "discovery",
+                                                                                   "live-ai", "http"]
 
 
 def _hypercorn_task() -> asyncio.Task[None]:

@@ -95,6 +95,9 @@
     hls: { state: "idle", fragsLoaded: 0, currentTime: 0, framesDecoded: 0 },
     latency: { whep: null, hls: null, whepSamples: 0, hlsSamples: 0 },
     sent: { width: null, height: null, codec: null },
+    ai: { pipeline: null, state: "idle", framesDecoded: 0, currentTime: 0, status: null, updates: 0,
+          lastUpdate: null, params: {} },
+    pipelines: [],
     errors: [],
   };
   window.streamgwGoLive = state;
@@ -104,6 +107,8 @@
   let canvasTimer = null;
   let whipPc = null;
   let whepPc = null;
+  let aiPc = null;
+  let aiLocation = null;
   let hls = null;
   let timers = [];
   const samples = { whep: [], hls: [] };
@@ -209,7 +214,12 @@
       if (pc.connectionState === "failed") fail("WHIP", "the connection failed");
     });
     whipPc = pc;
-    const r = await exchange(pc, "/whip/" + encodeURIComponent(stream), token);
+    let path = "/whip/" + encodeURIComponent(stream);
+    if (state.ai.pipeline) {
+      path += "?pipeline=" + encodeURIComponent(state.ai.pipeline);
+      if (Object.keys(state.ai.params).length) path += "&params=" + encodeURIComponent(JSON.stringify(state.ai.params));
+    }
+    const r = await exchange(pc, path, token);
     state.whip.status = r.status;
     state.whip.location = r.location;
   }
@@ -251,6 +261,123 @@
     $("whep-video").srcObject = null;
     state.whep.state = "idle";
     state.whep.codec = null;
+  }
+
+  // ---- live AI -----------------------------------------------------------------------------
+
+  async function loadPipelines() {
+    const res = await fetch("/api/live", { cache: "no-store" }).catch(() => null);
+    if (!res || !res.ok) return;  // no orchestrators: no live AI
+    const body = await res.json();
+    state.pipelines = body.pipelines;
+    const select = $("pipeline");
+    for (const p of body.pipelines) {
+      const option = document.createElement("option");
+      option.value = p.name;
+      option.textContent = p.name + " (" + p.orchestrators + " orchestrator" + (p.orchestrators === 1 ? "" : "s") + ")";
+      select.append(option);
+    }
+    const wanted = new URLSearchParams(location.search).get("pipeline");
+    if (wanted && body.pipelines.some((p) => p.name === wanted)) { select.value = wanted; choosePipeline(); }
+  }
+
+  function hex(rgb) {
+    return "#" + rgb.map((c) => c.toString(16).padStart(2, "0")).join("");
+  }
+
+  function choosePipeline() {
+    const name = $("pipeline").value || null;
+    state.ai.pipeline = name;
+    state.ai.params = {};
+    $("ai-panel").hidden = !name;
+    const box = $("ai-controls");
+    box.replaceChildren();
+    const spec = name ? (state.pipelines.find((p) => p.name === name) || {}).params : null;
+    for (const [key, p] of Object.entries(spec || {})) {
+      const label = document.createElement("label");
+      const title = document.createElement("span");
+      title.textContent = key;
+      const input = document.createElement("input");
+      const shown = document.createElement("output");
+      input.dataset.param = key;
+      if (p.kind === "color") {
+        input.type = "color";
+        input.value = Array.isArray(p.default) ? hex(p.default) : String(p.default);
+      } else {
+        input.type = "range";
+        input.min = p.low == null ? 0 : p.low;
+        input.max = p.high == null ? 100 : p.high;
+        input.step = p.kind === "int" ? 1 : (input.max - input.min) / 100;
+        input.value = p.default;
+      }
+      shown.textContent = input.value;
+      input.addEventListener("input", () => { shown.textContent = input.value; });
+      input.addEventListener("change", () => {
+        const value = p.kind === "color" ? input.value : Number(input.value);
+        state.ai.params[key] = value;
+        if (state.state === "live") sendUpdate({ [key]: value });
+      });
+      label.append(title, input, shown);
+      box.append(label);
+    }
+  }
+
+  async function sendUpdate(params) {
+    const res = await fetch("/live/video-to-video/" + encodeURIComponent(state.stream) + "/update", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+    }).catch((e) => { fail("update", e); return null; });
+    if (!res) return;
+    state.ai.lastUpdate = res.status;
+    if (res.ok) state.ai.updates += 1;
+    else fail("update", await res.text());
+  }
+
+  async function aiPlay(stream) {
+    stopAi();
+    const video = $("ai-video");
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    aiPc = pc;
+    for (const kind of ["video", "audio"]) {
+      const t = pc.addTransceiver(kind, { direction: "recvonly" });
+      if ("jitterBufferTarget" in t.receiver) t.receiver.jitterBufferTarget = 0;
+    }
+    const ms = new MediaStream();
+    pc.addEventListener("track", (e) => {
+      ms.addTrack(e.track);
+      video.srcObject = ms;
+      video.play().catch(() => {});
+    });
+    state.ai.state = "connecting";
+    const r = await exchange(pc, "/whep/" + encodeURIComponent(stream) + "/ai", null);
+    aiLocation = r.location;
+    state.ai.state = "playing";
+  }
+
+  function stopAi() {
+    if (aiLocation) { fetch(aiLocation, { method: "DELETE" }).catch(() => {}); aiLocation = null; }
+    if (aiPc) { aiPc.close(); aiPc = null; }
+    $("ai-video").srcObject = null;
+    state.ai.state = "idle";
+  }
+
+  async function refreshAi() {
+    if (!state.ai.pipeline || !state.stream) return;
+    const video = $("ai-video");
+    state.ai.currentTime = video.currentTime;
+    if (video.getVideoPlaybackQuality) state.ai.framesDecoded = video.getVideoPlaybackQuality().totalVideoFrames;
+    const res = await fetch("/live/video-to-video/" + encodeURIComponent(state.stream) + "/status",
+      { cache: "no-store" }).catch(() => null);
+    if (!res || !res.ok) return;
+    const st = await res.json();
+    state.ai.status = st;
+    const inference = st.inference_status || {};
+    const input = st.input_status || {};
+    const orch = st.orchestrator_info ? st.orchestrator_info.url : "no orchestrator";
+    $("ai-info").textContent = st.pipeline_id + " on " + orch;
+    $("ai-state").textContent = "fps in " + (input.fps == null ? "–" : input.fps.toFixed(1)) +
+      ", out " + (inference.fps == null ? "–" : inference.fps.toFixed(1)) +
+      ", segments " + st.streamgw.segments_out + (st.streamgw.swaps ? ", swaps " + st.streamgw.swaps : "") +
+      (st.gateway_status && st.gateway_status.error ? " — " + st.gateway_status.error.error_message : "");
   }
 
   // ---- HLS ---------------------------------------------------------------------------------
@@ -382,7 +509,7 @@
 
   function startSampling() {
     timers.push(setInterval(() => { sample("whep", $("whep-video")); sample("hls", $("hls-video")); }, 100));
-    timers.push(setInterval(() => { refresh().catch(() => {}); }, 1000));
+    timers.push(setInterval(() => { refresh().catch(() => {}); refreshAi().catch(() => {}); }, 1000));
   }
 
   // ---- start / stop ------------------------------------------------------------------------
@@ -406,9 +533,11 @@
       state.state = "live";
       setStatus("live as " + stream);
       $("stop").disabled = false;
+      $("pipeline").disabled = true;  // the pipeline is chosen for the session; its parameters change live
       history.replaceState(null, "", "?stream=" + encodeURIComponent(stream));
       const rendition = $("rendition").value;
       await whepPlay(stream, rendition).catch((e) => fail("WHEP", e));
+      if (state.ai.pipeline) aiPlay(stream).catch((e) => fail("AI WHEP", e));
       hlsPlay(stream, rendition).catch((e) => fail("HLS", e));
       startSampling();
     } catch (err) {
@@ -423,6 +552,7 @@
     for (const t of timers) clearInterval(t);
     timers = [];
     stopWhep();
+    stopAi();
     stopHls();
     if (state.whip.location) {
       const headers = {};
@@ -441,6 +571,7 @@
     if (state.state !== "error") { state.state = "idle"; setStatus("idle"); }
     $("start").disabled = false;
     $("stop").disabled = true;
+    $("pipeline").disabled = false;
   }
 
   // Switching the watched rendition while live re-subscribes WHEP and HLS.
@@ -452,6 +583,7 @@
     hlsPlay(state.stream, $("rendition").value).catch((e) => fail("HLS", e));
   });
 
+  $("pipeline").addEventListener("change", () => { if (state.state !== "live") choosePipeline(); });
   $("start").addEventListener("click", () => { start(); });
   $("stop").addEventListener("click", () => { stop(); });
   window.addEventListener("pagehide", () => { if (state.state === "live") stop(); });
@@ -462,6 +594,7 @@
   $("stream").addEventListener("input", () => {
     $("whip-url").textContent = location.origin + "/whip/" + ($("stream").value.trim() || "STREAM");
   });
+  loadPipelines().catch(() => {});
   if (!window.RTCPeerConnection || !navigator.mediaDevices) {
     fail("setup", "this browser has no WebRTC (or the page is not on https or localhost)");
     $("start").disabled = true;

@@ -50,8 +50,14 @@
         if (refused) td.className = "busy";
         tr.append(td);
       }
+      const models = Object.entries(o.live_models || {});
+      const live = cell(models.length ? models.map(function ([name, m]) {
+        return name + (m.warm ? " (warm) " : " (cold) ") + m.capacity_in_use + "/" + (m.capacity + m.capacity_in_use);
+      }).join(", ") : "–", "live video-to-video pipelines (capability 35): streams running / streams it can run");
+      live.dataset.field = "live-models";
       tr.append(
         cell(String(o.in_flight)),
+        live,
         cell(state, why),
       );
       tr.className = state === "ok" ? "" : "warn";

@@ -23,10 +23,12 @@ from pydantic import BaseModel
 
 from streamgw import __version__
 from streamgw.api.hls import PLAYLIST_CACHE, PLAYLIST_TYPE, SEGMENT_CACHE, SEGMENT_TYPE
+from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.dispatcher import Dispatcher
 from streamgw.gateway.publishers import Publishers
 from streamgw.gateway.streams import LiveStream
-from streamgw.livepeer.capabilities import bitstring_ids
+from streamgw.livepeer import lp_rpc_pb2 as pb
+from streamgw.livepeer.capabilities import Capability, bitstring_ids
 from streamgw.livepeer.profiles import VideoProfile
 from streamgw.media.segmenter import avc_codec_string
 from streamgw.media.transcoder import fit_size
@@ -67,6 +69,18 @@ class StreamView(BaseModel):
     browser_playable: bool  # browsers can play the source as published (else: a rendition)
     warnings: list[str]  # what is wrong with the published stream for its viewers, in words
     whip_video: str | None  # a WHIP publisher's video: copy, copy-until-idr or transcode (None: not WHIP)
+    pipeline: str | None = None  # the live AI pipeline it goes through (its output: rendition "ai")
+
+
+class LiveModelView(BaseModel):
+    """One live AI pipeline an orchestrator offers."""
+
+    warm: bool
+    capacity: int
+    capacity_in_use: int
+    runner_version: str
+    price_per_unit: int | None = None
+    pixels_per_unit: int | None = None
 
 
 class OrchestratorView(BaseModel):
@@ -86,6 +100,7 @@ class OrchestratorView(BaseModel):
     suspended_until: float | None  # Unix time
     last_seconds: float
     last_error: str | None
+    live_models: dict[str, LiveModelView] = {}  # live AI pipelines it offers (capability 35)
 
 
 class TaskView(BaseModel):
@@ -125,7 +140,8 @@ class HealthSource(Protocol):
 
 
 def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = None,
-          whip_video: Callable[[str], str | None] | None = None) -> StreamView:
+          whip_video: Callable[[str], str | None] | None = None,
+          pipeline: Callable[[str], str | None] | None = None) -> StreamView:
     info = stream.info
     return StreamView(
         name=stream.name,
@@ -154,7 +170,28 @@ def _view(stream: LiveStream, hls: HlsOutput, dispatcher: Dispatcher | None = No
         browser_playable=stream.browser_playable,
         warnings=stream.warnings,
         whip_video=whip_video(stream.name) if whip_video else None,
+        pipeline=pipeline(stream.name) if pipeline else None,
     )
+
+
+LIVE_VIDEO_TO_VIDEO = int(Capability.LIVE_VIDEO_TO_VIDEO)
+
+
+def _live_models(info: pb.OrchestratorInfo) -> dict[str, LiveModelView]:
+    """The live AI pipelines (capability 35 model constraints) of an OrchestratorInfo, with their prices."""
+    per_capability = info.capabilities.constraints.PerCapability
+    if LIVE_VIDEO_TO_VIDEO not in per_capability:  # (indexing a missing key would add it)
+        return {}
+    models = per_capability[LIVE_VIDEO_TO_VIDEO]
+    prices = {p.constraint: p for p in info.capabilities_prices if p.capability == LIVE_VIDEO_TO_VIDEO}
+    out = {}
+    for model_id, c in models.models.items():
+        price = prices.get(model_id)
+        out[model_id] = LiveModelView(warm=c.warm, capacity=c.capacity, capacity_in_use=c.capacityInUse,
+                                      runner_version=c.runnerVersion,
+                                      price_per_unit=price.pricePerUnit if price else None,
+                                      pixels_per_unit=price.pixelsPerUnit if price else None)
+    return out
 
 
 def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: LiveStream) -> Variant:
@@ -175,13 +212,19 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
                routers: Sequence[APIRouter] = (),
                health: HealthSource | None = None,
                rtmp_address: Callable[[], tuple[str, int]] | None = None,
-               whip_video: Callable[[str], str | None] | None = None) -> FastAPI:
+               whip_video: Callable[[str], str | None] | None = None,
+               pipeline: Callable[[str], str | None] | None = None,
+               pool: OrchestratorPool | None = None) -> FastAPI:
     """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP).
 
     ``health`` gives the background tasks ``/healthz`` reports; ``rtmp_address`` the RTMP host as
     configured and the port bound, for the page's publish instructions (``/api/info``);
-    ``whip_video`` what a stream's WHIP session does with its video (``WhipServer.video_mode``).
+    ``whip_video`` what a stream's WHIP session does with its video (``WhipServer.video_mode``);
+    ``pipeline`` the live AI pipeline a stream goes through; ``pool`` the orchestrators (by
+    default the dispatcher's).
     """
+    if pool is None and dispatcher is not None:
+        pool = dispatcher.pool
     by_name = {p.name: p for p in profiles or []}
     started = time.monotonic()
     # /docs is ours, not FastAPI's: its default loads Swagger UI from a CDN (blank offline). ReDoc
@@ -220,7 +263,8 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
     @app.get("/api/streams", response_model=list[StreamView], tags=["streams"])
     async def list_streams() -> list[StreamView]:
         """Every live (or reconnecting) stream."""
-        return [_view(s, hls, dispatcher, whip_video) for s in sorted(publishers.live_streams(), key=lambda s: s.name)]
+        return [_view(s, hls, dispatcher, whip_video, pipeline)
+                for s in sorted(publishers.live_streams(), key=lambda s: s.name)]
 
     @app.get("/api/streams/{name}", response_model=StreamView, tags=["streams"])
     async def get_stream(name: str) -> StreamView:
@@ -228,14 +272,14 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
         stream = publishers.streams.get(name)
         if stream is None:
             raise HTTPException(404, f"no stream {name!r}")
-        return _view(stream, hls, dispatcher, whip_video)
+        return _view(stream, hls, dispatcher, whip_video, pipeline)
 
     @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
     async def list_orchestrators() -> list[OrchestratorView]:
         """Every configured orchestrator: what it offers and how it has done."""
         views = []
         now, wall = time.monotonic(), time.time()
-        for r in (dispatcher.pool.records.values() if dispatcher else []):
+        for r in (pool.records.values() if pool else []):
             info = r.info
             views.append(OrchestratorView(
                 address=r.url,
@@ -248,6 +292,7 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
                 segments=r.segments, failures=r.failures, busy_refusals=r.busy_refusals, in_flight=r.in_flight,
                 suspended_until=round(wall + r.suspended_until - now, 3) if r.suspended(now) else None,
                 last_seconds=round(r.last_seconds, 3), last_error=r.last_error,
+                live_models=_live_models(info) if info else {},
             ))
         return views
 
@@ -263,8 +308,17 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
             raise HTTPException(404, f"no stream {name!r}")
         info = stream.info
         variants = []
+        ai = "ai" in renditions  # a live AI stream: its output and the ladder made from it, not the source
         for rendition, rp in renditions.items():
-            if rendition == "source":
+            if rendition == "ai":
+                codecs = [avc_codec_string(rp.first_data()) or "avc1.640028"]
+                if info and info.audio_codec:
+                    codecs.append(info.codecs.split(",")[-1])
+                variants.append(Variant(
+                    rendition, rp.bandwidth or int(stream.bitrate), ",".join(codecs),
+                    info.width if info else None, info.height if info else None,
+                    info.fps if info and info.fps and math.isfinite(info.fps) else None))
+            elif rendition == "source" and not ai:
                 variants.append(Variant(
                     rendition, rp.bandwidth or int(stream.bitrate), info.codecs if info else "",
                     info.width if info else None, info.height if info else None,

@@ -1,6 +1,6 @@
 """WHIP (RFC 9725) and WHEP (draft-ietf-wish-whep) endpoints on the gateway's HTTP port.
 
-    POST   /whip/STREAM                  application/sdp offer -> 201, answer, Location
+    POST   /whip/STREAM[?pipeline=P&params=JSON]  application/sdp offer -> 201, answer, Location
     DELETE /whip/session/ID              ends the stream
     POST   /whep/STREAM[/RENDITION]      application/sdp offer -> 201, answer, Location
     DELETE /whep/session/ID              ends the viewer session
@@ -12,11 +12,12 @@ No trickle ICE: the answer carries every candidate, and PATCH on a session answe
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Protocol
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from streamgw.errors import BadStreamName, CapacityError, ProtocolError, StreamBusy
+from streamgw.errors import BadStreamName, CapacityError, LiveAiRefused, NoLiveOrchestrator, ProtocolError, StreamBusy
 from streamgw.webrtc.sdp import MAX_OFFER_BYTES
 
 SDP_TYPE = "application/sdp"
@@ -25,7 +26,7 @@ SDP_TYPE = "application/sdp"
 class WhipEndpoint(Protocol):
     """What the WHIP routes need: ingest/whip.WhipServer."""
 
-    async def publish(self, stream: str, offer: str, remote: str) -> tuple[str, str]: ...
+    async def publish(self, stream: str, offer: str, remote: str, query: str = "") -> tuple[str, str]: ...
 
     async def stop(self, session_id: str) -> bool: ...
 
@@ -68,17 +69,20 @@ def _created(session_url: str, answer: str) -> Response:
                     headers={"Location": session_url, "Cache-Control": "no-store"})
 
 
-def _http_error(exc: StreamBusy | CapacityError | ProtocolError | BadStreamName) -> HTTPException:
-    """Our exception tree in HTTP terms: 409 busy, 503 at capacity, 400 for a bad offer or name."""
+def _http_error(exc: StreamBusy | CapacityError | ProtocolError | BadStreamName | LiveAiRefused) -> HTTPException:
+    """Our exception tree in HTTP terms: 409 busy, 503 at capacity or no orchestrator for the
+    pipeline, 400 for a bad offer, name or live AI request."""
     if isinstance(exc, StreamBusy):
         return HTTPException(409, str(exc))
-    if isinstance(exc, CapacityError):
+    if isinstance(exc, (CapacityError, NoLiveOrchestrator)):
         return HTTPException(503, str(exc), headers={"Retry-After": "5"})
     return HTTPException(400, str(exc))
 
 
-def webrtc_router(whip: WhipEndpoint, whep: WhepEndpoint, whip_token: str = "") -> APIRouter:
-    """The WHIP and WHEP routes over a running WHIP server and WHEP output."""
+def webrtc_router(whip: WhipEndpoint, whep: WhepEndpoint, whip_token: str = "",
+                  check_query: Callable[[str, str], None] | None = None) -> APIRouter:
+    """The WHIP and WHEP routes over a running WHIP server and WHEP output; ``check_query``
+    (stream, query) refuses a WHIP publish's live AI request before any WebRTC is negotiated."""
     router = APIRouter(tags=["webrtc"])
 
     def authorize(request: Request) -> None:
@@ -95,10 +99,15 @@ def webrtc_router(whip: WhipEndpoint, whep: WhepEndpoint, whip_token: str = "") 
     async def whip_publish(stream: str, request: Request) -> Response:
         """Publish ``stream`` over WebRTC: the body is the SDP offer, the answer comes back."""
         authorize(request)
+        if check_query is not None:
+            try:
+                check_query(stream, request.url.query)
+            except LiveAiRefused as exc:
+                raise _http_error(exc) from exc
         offer = await _offer(request)
         try:
-            session_id, answer = await whip.publish(stream, offer, _remote(request))
-        except (StreamBusy, CapacityError, ProtocolError, BadStreamName) as exc:
+            session_id, answer = await whip.publish(stream, offer, _remote(request), request.url.query)
+        except (StreamBusy, CapacityError, ProtocolError, BadStreamName, LiveAiRefused) as exc:
             raise _http_error(exc) from exc
         return _created(f"/whip/session/{session_id}", answer)
 

@@ -59,6 +59,7 @@ class OrchestratorRecord:
     segments_rejected: int = 0  # segments it could not transcode because of the segment
     last_error: str | None = None
     last_seconds: float = 0.0
+    discovery_rtt: float | None = None  # seconds of the last GetOrchestrator (live AI orders by it)
 
     def success_rate(self, now: float) -> float | None:
         """Share of recent attempts (the last 20, within a minute) that succeeded; None without any."""
@@ -86,7 +87,7 @@ class OrchestratorRecord:
         success = self.success_rate(now)
         rate = 1 - success if success is not None else 0.0
         return Candidate(self.url, caps, price, cap_prices, self.latency, rate, self.in_flight, capacity,
-                         self.suspended(now))
+                         self.suspended(now), self.discovery_rtt)
 
 
 class OrchestratorPool:
@@ -185,6 +186,22 @@ class OrchestratorPool:
             r.info = None
         return float(penalty)
 
+    def suspend(self, url: str, error: str, seconds: float) -> None:
+        """Keep ``url`` out of selection for ``seconds`` (live AI: a stalled or slow orchestrator)."""
+        r = self.records[url]
+        r.failures += 1
+        r.outcomes.append((self._clock(), False))
+        r.last_error = error
+        r.suspended_until = max(r.suspended_until, self._clock() + seconds)
+
+    async def ensure_info(self) -> None:
+        """Fetch the OrchestratorInfo of every orchestrator that has none yet, in parallel (bounded)."""
+        missing = [r for r in self.records.values() if r.info is None and not r.suspended(self._clock())]
+        results = await asyncio.gather(*(self._fetch(r) for r in missing), return_exceptions=True)
+        for record, result in zip(missing, results, strict=True):
+            if isinstance(result, BaseException):
+                record.last_error = str(result) or type(result).__name__
+
     # --- info ---
 
     async def orchestrator_info(self, url: str) -> pb.OrchestratorInfo:
@@ -193,8 +210,7 @@ class OrchestratorPool:
         info = r.info
         if info is None or info.auth_token.expiration - time.time() < REFRESH_MARGIN:
             # The client bounds it: past the timeout, OrchestratorUnavailable.
-            info = await r.client.get_orchestrator(self.job, timeout=self.discovery_timeout)
-            r.info = info
+            info = await self._fetch(r)
         return info
 
     def update_info(self, url: str, info: pb.OrchestratorInfo) -> None:
@@ -213,7 +229,14 @@ class OrchestratorPool:
                 record.last_error = str(result) or type(result).__name__
 
     async def _refresh_one(self, record: OrchestratorRecord) -> None:
-        record.info = await record.client.get_orchestrator(self.job, timeout=self.discovery_timeout)
+        await self._fetch(record)
+
+    async def _fetch(self, record: OrchestratorRecord) -> pb.OrchestratorInfo:
+        started = time.monotonic()
+        info = await record.client.get_orchestrator(self.job, timeout=self.discovery_timeout)
+        record.discovery_rtt = time.monotonic() - started
+        record.info = info
+        return info
 
     async def _read_webhook(self) -> None:
         try:

@@ -108,6 +108,7 @@ class _DispatchedStream:
     ended: bool = False
     last_error: str | None = None
     skipped: int = 0  # segments not sent (no video)
+    rendition: str = "source"  # what its ladder is made from ("ai": the live AI output)
 
 
 class Dispatcher:
@@ -116,7 +117,7 @@ class Dispatcher:
     def __init__(self, hub: Hub, pool: OrchestratorPool, profiles: Sequence[VideoProfile],
                  settings: DispatchSettings, policy: SelectionPolicy | None = None,
                  observer: DispatchObserver | None = None, rng: random.Random | None = None,
-                 has_video: HasVideo | None = None) -> None:
+                 has_video: HasVideo | None = None, input_rendition: Callable[[str], str] | None = None) -> None:
         self.hub = hub
         self.pool = pool
         self.profiles = tuple(profiles)
@@ -131,6 +132,9 @@ class Dispatcher:
         self.observer = observer or DispatchObserver()
         self.rng = rng or random.Random()
         self.has_video: HasVideo = has_video or (lambda _: None)
+        # Which rendition of a stream the ladder is made from, asked at its first segment:
+        # "source", or "ai" for a stream through a live AI pipeline (its AI output is transcoded).
+        self.input_rendition: Callable[[str], str] = input_rendition or (lambda _: "source")
         self.streams: dict[str, _DispatchedStream] = {}
         self.lost = 0
         self.late = 0
@@ -146,15 +150,21 @@ class Dispatcher:
         return state.last_error if state else None
 
     async def run(self, subscription: Subscription) -> None:
-        """Consume source segments and stream ends until cancelled."""
+        """Consume source (or AI output) segments and their ends until cancelled."""
         try:
             while True:
                 event = await subscription.get()
+                state = self.streams.get(event.stream_id)
+                if state is not None and state.ended:
+                    state = None
+                wanted = state.rendition if state is not None else self.input_rendition(event.stream_id)
+                if event.rendition != wanted:
+                    continue
                 if isinstance(event, StreamEnded):
-                    if event.rendition == "source" and event.stream_id in self.streams:
-                        self._track(self.streams[event.stream_id], self._finish(self.streams[event.stream_id]))
-                elif event.rendition == "source":
-                    self._submit(event)
+                    if state is not None:
+                        self._track(state, self._finish(state))
+                else:
+                    self._submit(event, wanted)
         finally:
             subscription.close()
             tasks = [t for s in self.streams.values() for t in s.tasks]
@@ -167,10 +177,11 @@ class Dispatcher:
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
 
-    def _submit(self, segment: Segment) -> None:
+    def _submit(self, segment: Segment, rendition: str = "source") -> None:
         state = self.streams.get(segment.stream_id)
         if state is None or state.ended:
-            state = _DispatchedStream(segment.stream_id, asyncio.Semaphore(self.settings.max_in_flight))
+            state = _DispatchedStream(segment.stream_id, asyncio.Semaphore(self.settings.max_in_flight),
+                                      rendition=rendition)
             self.streams[segment.stream_id] = state
         if self.has_video(segment.stream_id) is False:
             # Nothing to transcode: the source plays alone, and the API says why.

@@ -19,6 +19,11 @@ Rules, in order:
 3. **Exploration.** With probability ``explore`` one random candidate other than the best, among
    those with free capacity, moves to the front, so a recovered or improved orchestrator gets
    measured again.
+
+Live AI (capability 35, :func:`select_live`) picks as go-livepeer's live selector does: only
+orchestrators advertising a model constraint for the pipeline, not suspended and within the
+include/exclude lists and the capability-35 price cap; warm ones first, then by the round trip
+of their last GetOrchestrator, then by price.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from streamgw.livepeer.capabilities import Capabilities, compatible_with
+from streamgw.livepeer.capabilities import Capabilities, Capability, compatible_with
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class Candidate:
     in_flight: int = 0
     capacity: int = 1
     suspended: bool = False
+    discovery_rtt: float | None = None  # seconds of its last GetOrchestrator
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +104,36 @@ def select(candidates: Sequence[Candidate], policy: SelectionPolicy, rng: random
         pick = roomy[rng.randrange(len(roomy))]
         ranked.insert(0, ranked.pop(pick))
     return ranked
+
+
+LIVE_VIDEO_TO_VIDEO = int(Capability.LIVE_VIDEO_TO_VIDEO)
+
+
+def select_live(candidates: Sequence[Candidate], model_id: str, policy: SelectionPolicy,
+                url_contains: str = "") -> list[Candidate]:
+    """The candidates for a live stream of ``model_id``, best first (see the module's rules)."""
+    def offers(c: Candidate) -> bool:
+        return c.capabilities is not None and model_id in c.capabilities.per_capability.get(LIVE_VIDEO_TO_VIDEO, {})
+
+    limit = policy.max_price_per_capability.get(LIVE_VIDEO_TO_VIDEO)
+    pool = [c for c in candidates
+            if offers(c) and not c.suspended and c.url not in policy.exclude
+            and (not policy.include or c.url in policy.include) and url_contains in c.url
+            and (limit is None or c.capability_prices.get(LIVE_VIDEO_TO_VIDEO, Fraction(0)) <= limit)]
+
+    def warm(c: Candidate) -> bool:
+        assert c.capabilities is not None
+        return c.capabilities.per_capability[LIVE_VIDEO_TO_VIDEO][model_id].warm
+
+    return sorted(pool, key=lambda c: (not warm(c), c.discovery_rtt if c.discovery_rtt is not None else float("inf"),
+                                       c.capability_prices.get(LIVE_VIDEO_TO_VIDEO, c.price or Fraction(0)), c.url))
+
+
+def live_models(candidates: Sequence[Candidate]) -> dict[str, int]:
+    """Every live pipeline (model id) the candidates advertise, with how many offer it."""
+    found: dict[str, int] = {}
+    for c in candidates:
+        if c.capabilities is not None:
+            for model in c.capabilities.per_capability.get(LIVE_VIDEO_TO_VIDEO, {}):
+                found[model] = found.get(model, 0) + 1
+    return found

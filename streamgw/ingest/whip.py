@@ -59,8 +59,9 @@ class PublishSink(CutFeed, Protocol):
     def close(self, *, clean: bool) -> None: ...
 
 
-OpenPublisher = Callable[[str, str], Awaitable[PublishSink]]
-"""``(stream, remote)`` -> a sink; raises StreamBusy, BadStreamName, CapacityError."""
+OpenPublisher = Callable[[str, str, str], Awaitable[PublishSink]]
+"""``(stream, remote, query)`` -> a sink; raises StreamBusy, BadStreamName, CapacityError,
+LiveAiRefused (the query's pipeline cannot run)."""
 
 
 class LiveTee(Protocol):
@@ -321,8 +322,9 @@ class WhipServer:
                 return session.video_mode.value
         return None
 
-    async def publish(self, stream: str, offer: str, remote: str) -> tuple[str, str]:
-        """Start publishing ``stream`` from ``offer``; returns (session id, answer SDP).
+    async def publish(self, stream: str, offer: str, remote: str, query: str = "") -> tuple[str, str]:
+        """Start publishing ``stream`` from ``offer``; returns (session id, answer SDP). ``query``
+        (the WHIP URL's: ``pipeline=face-blur``) goes to ``open_publisher``.
 
         Raises ProtocolError (bad offer), StreamBusy, BadStreamName, CapacityError.
         """
@@ -339,7 +341,7 @@ class WhipServer:
                         prefer_codecs(transceiver, ["video/H264"])  # copied as it is (or cheaper to decode than VP8)
                 answer = await self.peers.negotiate(answer_offer(pc, offer, self.ice, session.take_tracks))
                 # The stream exists from here on (this also refuses a name already live).
-                sink = await self.open_publisher(stream, f"whip:{remote}")
+                sink = await self.open_publisher(stream, f"whip:{remote}", query)
                 self.peers.check_open()
             except BaseException:
                 if sink is not None:

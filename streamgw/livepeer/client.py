@@ -29,6 +29,7 @@ import httpcore  # noqa: F401 - httpx imports it (and trio) on first use: ~0.2 s
 import httpx
 
 from streamgw.errors import (
+    LiveAiRefused,
     OrchestratorBusy,
     OrchestratorError,
     OrchestratorUnavailable,
@@ -358,7 +359,8 @@ class OrchestratorClient:
         """``POST {transcoder}/live-video-to-video`` as go-livepeer's gateway sends it (WIRE.md
         §10.2): SegData for ``35_{model}`` at seq 0 with the discovery capabilities and the O's auth
         token, an empty Payment offchain, the JSON body with its empty URL keys. 503 (no free
-        runner) is :class:`OrchestratorBusy`; any other refusal an :class:`OrchestratorError`."""
+        runner) is :class:`OrchestratorBusy`, 400 (a bad request: unknown model, bad params)
+        :class:`LiveAiRefused`; any other refusal an :class:`OrchestratorError`."""
         caps = ai_job_capabilities(Capability.LIVE_VIDEO_TO_VIDEO, model_id, version=version, discovery=True)
         meta = SegMetadata(manifest_id=f"35_{model_id}".encode(), seq=0, seg_hash=keccak256(b""), capabilities=caps,
                            auth_token=AuthToken.from_proto(info.auth_token))
@@ -377,6 +379,8 @@ class OrchestratorClient:
         text = response.text[:MAX_ERROR_BODY].strip()
         if response.status_code == 503:
             raise OrchestratorBusy(f"{url}: HTTP 503: {text}")
+        if response.status_code == 400:  # the request's fault (go-livepeer's gateway stops selecting)
+            raise LiveAiRefused(f"{url}: HTTP 400: {text}")
         if response.status_code != 200:
             raise OrchestratorError(f"{url}: HTTP {response.status_code}: {text}")
         if not response.headers.get("content-type", "").startswith("application/json"):

@@ -25,6 +25,7 @@ from streamgw.media.mpegts import muxer_options
 from streamgw.media.x264 import x264_options
 
 FrameFn = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]
+MAX_HELD_AUDIO = 500  # audio packets held for the first picture (about 10 s of AAC)
 
 
 @dataclass
@@ -67,10 +68,18 @@ def run_segment(reader: IO[bytes], write: Callable[[bytes], None], process: Fram
         audio_in = next(iter(source.streams.audio), None)
         audio_out = sink.add_stream_from_template(audio_in) if audio_in is not None else None
         video_out: Any = None
+        # Audio that comes before the first picture waits for it: the muxer's streams must all
+        # exist before its first packet (a stream added after the header crashes FFmpeg).
+        held: list[Any] = []
         for packet in source.demux(*(s for s in (video_in, audio_in) if s is not None)):
             if packet.stream is audio_in:
                 if packet.dts is not None and packet.size and audio_out is not None:
                     packet.stream = audio_out
+                    if video_out is None:
+                        if len(held) >= MAX_HELD_AUDIO:
+                            raise MediaError(f"no picture within {MAX_HELD_AUDIO} audio packets")
+                        held.append(packet)
+                        continue
                     sink.mux(packet)
                     stats.audio_packets += 1
                 continue
@@ -81,6 +90,10 @@ def run_segment(reader: IO[bytes], write: Callable[[bytes], None], process: Fram
                 if video_out is None:
                     video_out = _open_encoder(sink, frame, video_in, crf, preset)
                     stats.size = (video_out.width, video_out.height)
+                    for early in held:
+                        sink.mux(early)
+                    stats.audio_packets += len(held)
+                    held.clear()
                 sink.mux(video_out.encode(_through(frame, video_out, process, stats)))
                 stats.frames_out += 1
         if video_out is not None:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from streamgw.errors import PipelineParamsError
 
 Frame = npt.NDArray[np.uint8]  # (height, width, 3), RGB
+MAX_TEXT = 64 * 1024  # characters of a text parameter (a control message is at most 64 KiB)
 
 
 @runtime_checkable
@@ -50,7 +51,7 @@ class Param:
     default: Any
     low: float | None = None
     high: float | None = None
-    kind: str = "number"  # "number", "int", "color"
+    kind: str = "number"  # "number", "int", "color", "text" (a string the pipeline reads itself)
 
 
 def color(value: Any, field: str) -> tuple[int, int, int]:
@@ -89,6 +90,10 @@ class Parameters:
             raise PipelineParamsError(name, f"unknown parameter (this pipeline takes: {known})")
         if spec.kind == "color":
             return color(value, name)
+        if spec.kind == "text":
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                raise PipelineParamsError(name, f"must be a string of at most {MAX_TEXT} characters")
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PipelineParamsError(name, f"{value!r} is not a number")
         if spec.kind == "int" and int(value) != value:

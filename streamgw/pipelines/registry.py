@@ -36,3 +36,20 @@ def create(name: str, params: Mapping[str, Any] | None = None) -> LivePipeline:
     if not isinstance(pipeline, LivePipeline):
         raise PipelineError(f"pipeline {name!r} ({entry.value}) does not keep the LivePipeline protocol")
     return pipeline
+
+
+def parameters(name: str) -> dict[str, dict[str, Any]] | None:
+    """Pipeline ``name``'s parameters (default, range, kind) as JSON, read from its factory's
+    ``PARAMS`` without making it; None when it is not installed or declares none."""
+    entry = installed().get(name)
+    if entry is None:
+        return None
+    try:
+        factory = entry.load()
+    except Exception:  # noqa: BLE001 - a broken plug-in has no parameters to show
+        return None
+    spec = getattr(factory, "PARAMS", None)
+    if not isinstance(spec, Mapping):
+        return None
+    return {key: {"default": list(p.default) if isinstance(p.default, tuple) else p.default,
+                  "low": p.low, "high": p.high, "kind": p.kind} for key, p in spec.items()}

@@ -112,16 +112,17 @@ class TricklePublisher:
         segment.write(data)
         await segment.close()
 
-    async def aclose(self) -> None:
-        """Drop the preconnected POST (nothing was written to it) and close the channel."""
+    async def aclose(self, *, delete: bool = True) -> None:
+        """Drop the preconnected POST (nothing was written to it) and close the channel (unless not ``delete``)."""
         if self._next is not None:
             body, response = self._next
             self._next = None
             response.cancel()
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
                 await response
-        with contextlib.suppress(httpx.HTTPError):
-            await self.client.delete(self.url)
+        if delete:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.delete(self.url)
 
 
 # --- subscriber ---

@@ -59,8 +59,9 @@ class PublishSink(Protocol):
         """The publisher is gone: ``clean`` when it unpublished, false when it dropped."""
 
 
-OpenPublisher = Callable[[str, str], Awaitable[PublishSink]]
-"""``open_publisher(stream_name, remote_addr)``; raises :class:`StreamError` to refuse."""
+OpenPublisher = Callable[[str, str, str], Awaitable[PublishSink]]
+"""``open_publisher(stream_name, remote_addr, query)``: ``query`` is what followed ``?`` in the
+publish name (``pipeline=face-blur``); raises :class:`StreamError` to refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ class _Connection(asyncio.Protocol):
         self.flv = flv.FlvWriter()
         self.unpublished = False
         self.closing = False
-        self.pending_publish: str | None = None
+        self.pending_publish: tuple[str, str] | None = None
         self._start: bytes | None = None  # the FLV start, released in this read, for the sink
         self._first_media = 0.0  # time.monotonic() of the first media message held
         self._tags: list[tuple[int, int, bytes]] = []  # media messages of the current read, for the sink
@@ -300,11 +301,11 @@ class _Connection(asyncio.Protocol):
             self._on_message(msg)
             if self.pending_publish is not None:
                 self._flush_media()
-                name, self.pending_publish = self.pending_publish, None
+                (name, query), self.pending_publish = self.pending_publish, None
                 self._opening = True
                 assert self.transport is not None
                 self.transport.pause_reading()
-                task = self.loop.create_task(self._open_then(name, messages[i + 1 :]))
+                task = self.loop.create_task(self._open_then(name, query, messages[i + 1 :]))
                 self.server._tasks.add(task)
                 task.add_done_callback(self.server._tasks.discard)
                 return
@@ -315,10 +316,10 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             self._close()
 
-    async def _open_then(self, name: str, rest: list[chunk.Message]) -> None:
+    async def _open_then(self, name: str, query: str, rest: list[chunk.Message]) -> None:
         """Open the publish target, then go on with the input that arrived meanwhile."""
         try:
-            await self._open(name)
+            await self._open(name, query)
         finally:
             self._opening = False
         if self.transport is None or self.transport.is_closing():
@@ -519,7 +520,7 @@ class _Connection(asyncio.Protocol):
 
     def _on_publish(self, txn: float, args: list[amf0.Value]) -> None:
         raw = args[1] if len(args) >= 2 and isinstance(args[1], str) else ""
-        name = raw.split("?", 1)[0]
+        name, _, query = raw.partition("?")
         if self.sink is not None:
             self._status("error", "NetStream.Publish.BadName", "already publishing on this connection")
             self.closing = True
@@ -528,11 +529,11 @@ class _Connection(asyncio.Protocol):
             self._status("error", "NetStream.Publish.BadName", f"invalid stream name {name!r}")
             self.closing = True
             return
-        self.pending_publish = name  # opened by the read loop, before the next message
+        self.pending_publish = (name, query)  # opened by the read loop, before the next message
 
-    async def _open(self, name: str) -> None:
+    async def _open(self, name: str, query: str) -> None:
         try:
-            self.sink = await self.server._open_publisher(name, self.remote)
+            self.sink = await self.server._open_publisher(name, self.remote, query)
         except StreamError as exc:
             self._status("error", "NetStream.Publish.BadName", str(exc))
             log.warning("RTMP %s: publish %s refused: %s", self.remote, name, exc)
