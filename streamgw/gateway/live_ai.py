@@ -63,6 +63,7 @@ AI_RENDITION = "ai"
 KEEPALIVE = b'{"keep":"alive"}'  # go-livepeer's exact bytes
 MAX_EVENT_BYTES = 64 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds for the DELETEs that end a stream on an orchestrator
+RETRY_PAUSE = 2.0  # seconds before selecting again when no orchestrator could take the stream
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,9 @@ class LiveAiSession:
                 break
         if not tries:
             offered = live_models(live.pool.candidates())
+            if self.request.pipeline in offered:
+                raise NoLiveOrchestrator(f"every orchestrator offering pipeline {self.request.pipeline!r} is "
+                                         "suspended or excluded")
             raise LiveAiRefused(
                 f"no orchestrator offers pipeline {self.request.pipeline!r} (offered: "
                 f"{', '.join(sorted(offered)) or 'none'})", "pipeline")
@@ -240,16 +244,20 @@ class LiveAiSession:
                     return
                 log.warning("stream %s: live AI on %s stopped (%s); swapping", self.stream, attempt.url, reason)
                 self._note_error(f"{attempt.url}: {reason}")
-                if not self._count_swap():
-                    self._note_error("Too many swaps")
-                    log.error("stream %s: live AI: too many swaps; the source plays on without AI", self.stream)
-                    return
-                try:
-                    await self.connect()
-                except LiveAiRefused as exc:
-                    self._note_error(str(exc))
-                    log.error("stream %s: live AI cannot go on: %s", self.stream, exc)
-                    return
+                while self.attempt is None:
+                    if not self._count_swap():
+                        self._note_error("Too many swaps")
+                        log.error("stream %s: live AI: too many swaps; the source plays on without AI", self.stream)
+                        return
+                    try:
+                        await self.connect()
+                    except NoLiveOrchestrator as exc:
+                        log.warning("stream %s: live AI: %s; trying again", self.stream, exc)
+                        await asyncio.sleep(RETRY_PAUSE)
+                    except LiveAiRefused as exc:
+                        self._note_error(str(exc))
+                        log.error("stream %s: live AI cannot go on: %s", self.stream, exc)
+                        return
                 self._discontinuity = True
         finally:
             self.ended_at = time.time()
@@ -279,8 +287,10 @@ class LiveAiSession:
             for task in done:
                 exc = task.exception()
                 if exc is not None:
+                    # Only a slow or stalled orchestrator is suspended (as go-livepeer does); one
+                    # that broke off is tried again, and a dead one then fails its start call.
                     raise exc if isinstance(exc, _StopOrchestrator) else _StopOrchestrator(
-                        f"{type(exc).__name__}: {exc}", suspend=not isinstance(exc, TrickleClosed))
+                        f"{type(exc).__name__}: {str(exc) or 'no answer'}")
         finally:
             for task in tasks:
                 task.cancel()
@@ -310,7 +320,7 @@ class LiveAiSession:
             except TrickleClosed:
                 raise
             except (httpx.HTTPError, TrickleError) as exc:
-                raise _StopOrchestrator(f"input segment {segment.seq}: {exc}", suspend=True) from exc
+                raise _StopOrchestrator(f"input segment {segment.seq}: {type(exc).__name__}: {exc}") from exc
 
         try:
             while (segment := await self._next_input()) is not None:

@@ -34,6 +34,9 @@ def _seq(response: httpx.Response, header: str) -> int:
 # --- publisher ---
 
 
+SUBSCRIBE_TIMEOUT = httpx.Timeout(60.0, connect=5.0)  # seconds a GET may wait for its segment
+
+
 class _Body:
     """A request body fed piece by piece; None ends it."""
 
@@ -167,7 +170,9 @@ class TrickleSubscriber:
         self._next: tuple[int, asyncio.Task[httpx.Response]] | None = None
 
     def _get(self, seq: int) -> asyncio.Task[httpx.Response]:
-        request = self.client.build_request("GET", f"{self.url}/{seq}")
+        # A GET waits for its seq to be written (a status event every 10 s, a control message
+        # when the user moves a slider): the client's usual read timeout would cut it off.
+        request = self.client.build_request("GET", f"{self.url}/{seq}", timeout=SUBSCRIBE_TIMEOUT)
         return asyncio.ensure_future(self.client.send(request, stream=True))
 
     async def next(self) -> SubscribedSegment:
