@@ -94,8 +94,8 @@ def start_orchestrator(pipeline: str, cpu: int) -> tuple[subprocess.Popen[str], 
     port = free_port()
     data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamgw-bench-live-{port}"
     command = [*streamgw_command(), "orchestrator", "--serve-addr", f"127.0.0.1:{port}", "--orch-data-dir",
-               str(data_dir), "--live-pipelines", f"{pipeline},noop", "--transcode-workers", "1",
-               "--log-level", "warning"]
+               str(data_dir), "--live-pipelines", f"{pipeline},noop", "--live-capacity", "4",
+               "--transcode-workers", "1", "--log-level", "warning"]
     if shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)

@@ -190,7 +190,8 @@ class GatewayNode:
                 self.hub, self.pool,
                 LiveAiSettings(events_timeout=settings.live_events_timeout,
                                output_timeout=settings.live_output_timeout),
-                selection_policy(settings), defaults)
+                selection_policy(settings), defaults, stream_parts=self._stream_parts,
+                open_output=lambda stream: self.whep.open_live_segments(stream, AI_RENDITION))
             self.publishers.on_removed(lambda stream: self.live_ai.forget(stream.name) if self.live_ai else None)
         elif defaults:
             raise ConfigError("live_default_pipelines needs orchestrators (orch_addr or orch_webhook_url)")
@@ -239,11 +240,18 @@ class GatewayNode:
             await live.start(name, request)  # a reconnect within the grace keeps its session
             started = True
         try:
-            return await self.publishers.open_publisher(name, remote)
+            publisher = await self.publishers.open_publisher(name, remote)
         except BaseException:
             if started:
                 await live.stop(name)
             raise
+        live.connect_parts(name)  # segments streamed to the orchestrator while they are cut
+        return publisher
+
+    def _stream_parts(self, name: str, on_part: Callable[[int, bytes, bool], None] | None) -> None:
+        publisher = self.publishers.publisher(name)
+        if publisher is not None:
+            publisher.stream_parts(on_part)
 
     def _check_live_query(self, name: str, query: str) -> None:
         """Refuse a bad live AI request at once (before WebRTC): bad syntax, or a pipeline none of

@@ -267,6 +267,17 @@ def test_cli_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         pub = publish(f"rtmp://127.0.0.1:{rtmp}/live/cli", seconds=3, realtime=False)
         assert pub.returncode == 0, pub.stderr
         assert httpx.get(f"http://127.0.0.1:{http}/stream/cli/source.m3u8").status_code == 200
+        # Zero config: the embedded orchestrator serves every installed live AI pipeline.
+        from streamgw.pipelines import registry
+
+        offered = httpx.get(f"http://127.0.0.1:{http}/api/live").json()["pipelines"]
+        assert {p["name"] for p in offered} == set(registry.installed()) >= {"face-blur", "background-blur"}
+        pub = publish(f"rtmp://127.0.0.1:{rtmp}/live/ai?pipeline=background-blur", seconds=6)
+        assert pub.returncode == 0, pub.stderr
+        deadline = time.monotonic() + 20
+        while httpx.get(f"http://127.0.0.1:{http}/stream/ai/ai.m3u8").status_code != 200:
+            assert time.monotonic() < deadline, "no AI output from streamgw up"
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)

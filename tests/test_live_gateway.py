@@ -115,6 +115,30 @@ def test_segment_timing_reads_the_span_of_a_segment(tmp_path: Path) -> None:
         segment_timing(b"\x47" + b"\x00" * 500)
 
 
+def test_segments_are_streamed_while_they_are_cut(tmp_path: Path) -> None:
+    """With ``on_part`` set, every write of a segment's muxer comes out as it is made: the pieces of
+    seq N, in order and all before segment N itself, join into exactly its bytes."""
+    from streamgw.media.segmenter import Segmenter, SegmenterSettings
+
+    path = tmp_path / "in.flv"
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+                    "-f", "lavfi", "-i", "sine", "-t", "6", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60",
+                    "-c:a", "aac", "-f", "flv", str(path)], check=True, timeout=60)
+    events: list[Any] = []
+    segmenter = Segmenter("t", SegmenterSettings(), first_seq=0, discontinuity=False, on_info=lambda _i: None,
+                          on_segment=lambda seg, _latency: events.append(seg))
+    segmenter.cutter.on_part = lambda seq, data, first: events.append((seq, data, first))
+    segmenter.run(io.BytesIO(path.read_bytes()))
+    segments = [e for e in events if not isinstance(e, tuple)]
+    assert len(segments) >= 3
+    for segment in segments:
+        before = events[:events.index(segment)]
+        parts = [e for e in before if isinstance(e, tuple) and e[0] == segment.seq]
+        assert len(parts) > 5 and parts[0][2] and not any(p[2] for p in parts[1:])
+        assert b"".join(p[1] for p in parts) == segment.data
+        assert not [e for e in events[events.index(segment):] if isinstance(e, tuple) and e[0] == segment.seq]
+
+
 # --- through orchestrator processes ---
 
 
@@ -293,7 +317,12 @@ def test_go_livepeer_api_start_update_status_and_whep(
             assert {(f.width, f.height) for f in got["video"]} == {SIZE}
             await v.close()
 
+        # The lowest-latency paths are in use: the source is streamed to the orchestrator while it
+        # is cut, and the AI output reaches WHEP as it arrives, not segment by segment.
+        publisher = gw.call(lambda: gw.node.publishers.publisher("cam"))
+        assert publisher is not None and publisher.low_latency and publisher.cutter.on_part is not None
         asyncio.run(watch("/whep/cam/ai"))
+        assert gw.call(lambda: gw.node.whep.relays[("cam", "ai")].live)
         asyncio.run(watch(f"/live/video-to-video/cam-{request_id}-out/whep"))
         assert httpx.post(gw.http + "/live/video-to-video/cam-ffffffff-out/whep", content=b"v=0",
                           headers={"Content-Type": "application/sdp"}).status_code == 404

@@ -32,9 +32,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -58,6 +58,22 @@ from streamgw.segment import Segment
 from streamgw.trickle.client import PublishedSegment, TricklePublisher, TrickleSubscriber
 
 log = logging.getLogger(__name__)
+
+class OutputFeed(Protocol):
+    """Where a stream's AI output goes piece by piece as it arrives (the node's: a WHEP relay)."""
+
+    def begin(self) -> None: ...
+
+    def feed(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StreamParts = Callable[[str, Callable[[int, bytes, bool], None] | None], None]
+"""``(stream, on_part)``: have the stream's publisher call ``on_part(seq, data, first)`` for every
+piece of each segment as it is cut (None: stop); the node's, over its publishers."""
 
 AI_RENDITION = "ai"
 KEEPALIVE = b'{"keep":"alive"}'  # go-livepeer's exact bytes
@@ -84,6 +100,15 @@ class LiveAiSettings:
     max_backlog: int = 8  # input segments waiting for the orchestrator; beyond, the oldest is dropped
     status_retention: float = 60.0  # seconds a finished stream's status stays readable
     runner_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A piece of a source segment being cut."""
+
+    seq: int
+    data: bytes
+    first: bool
 
 
 class _StopOrchestrator(StreamgwError):
@@ -134,22 +159,34 @@ class LiveAiSession:
         self.segments_out = 0
         self.segments_dropped = 0
         self.orchestrators: list[str] = []
-        self._inputs: collections.deque[Segment] = collections.deque()
+        self._inputs: collections.deque[Segment | _Part] = collections.deque()
         self._input_ready = asyncio.Event()
         self._out_seq = 0
         self._discontinuity = False
         self._last_start = time.monotonic()
         self.task: asyncio.Task[None] | None = None
+        self.output: OutputFeed | None = None
 
     # --- from the gateway ---
 
     def feed(self, segment: Segment) -> None:
-        """A source segment for the orchestrator (the oldest waiting one dropped past the backlog)."""
-        if len(self._inputs) >= self.live.settings.max_backlog:
-            self._inputs.popleft()
-            self.segments_dropped += 1
+        """A whole source segment for the orchestrator (it ends the pieces streamed of it, or goes
+        whole). While no orchestrator runs the stream, past the backlog the oldest is dropped."""
+        if self.attempt is None:
+            self._inputs = collections.deque(i for i in self._inputs if isinstance(i, Segment))
+            if len(self._inputs) >= self.live.settings.max_backlog:
+                self._inputs.popleft()
+                self.segments_dropped += 1
         self._inputs.append(segment)
         self._input_ready.set()
+
+    def part(self, seq: int, data: bytes, first: bool) -> None:
+        """A piece of source segment ``seq`` as it is cut (``first``: its first piece): streamed to
+        the orchestrator at once. Dropped while no orchestrator runs the stream (the whole
+        segment follows as :meth:`feed`)."""
+        if self.attempt is not None:
+            self._inputs.append(_Part(seq, data, first))
+            self._input_ready.set()
 
     def end_input(self) -> None:
         """The source ended: what is in flight finishes, then the stream ends on the orchestrator."""
@@ -261,6 +298,8 @@ class LiveAiSession:
                 self._discontinuity = True
         finally:
             self.ended_at = time.time()
+            if self.output is not None:
+                self.output.close()
             self.live.hub.publish(StreamEnded(self.stream, AI_RENDITION))
 
     def _count_swap(self) -> bool:
@@ -302,7 +341,7 @@ class LiveAiSession:
             with contextlib.suppress(httpx.HTTPError, TimeoutError):
                 await asyncio.wait_for(attempt.http.delete(url), CLOSE_TIMEOUT)
 
-    async def _next_input(self) -> Segment | None:
+    async def _next_input(self) -> Segment | _Part | None:
         while not self._inputs:
             if self.input_ended:
                 return None
@@ -322,19 +361,38 @@ class LiveAiSession:
             except (httpx.HTTPError, TrickleError) as exc:
                 raise _StopOrchestrator(f"input segment {segment.seq}: {type(exc).__name__}: {exc}") from exc
 
+        streaming: dict[int, PublishedSegment] = {}  # seqs being written while they are cut
+
+        def begin() -> PublishedSegment:
+            for task in [t for t in writing if t.done()]:
+                writing.discard(task)
+                task.result()  # a failed POST stops this orchestrator
+            if len(writing) + len(streaming) >= self.live.settings.max_in_flight:
+                raise _StopOrchestrator(f"{len(writing) + len(streaming)} input segments still being written",
+                                        suspend=True)
+            attempt.last_input = time.monotonic()
+            attempt.sent += 1
+            self.segments_in += 1
+            return publisher.segment()
+
         try:
-            while (segment := await self._next_input()) is not None:
-                for task in [t for t in writing if t.done()]:
-                    writing.discard(task)
-                    task.result()  # a failed POST stops this orchestrator
-                if len(writing) >= self.live.settings.max_in_flight:
-                    raise _StopOrchestrator(f"{len(writing)} input segments still being written", suspend=True)
-                published = publisher.segment()
-                published.write(segment.data)
+            while (item := await self._next_input()) is not None:
+                if isinstance(item, _Part):
+                    if item.first:
+                        if item.seq in streaming:  # the cut began again (an empty one dropped)
+                            writing.add(asyncio.ensure_future(finish(streaming.pop(item.seq))))
+                        streaming[item.seq] = begin()
+                    target = streaming.get(item.seq)
+                    if target is not None:  # else: begun before this orchestrator; it gets the whole
+                        target.write(item.data)
+                    continue
+                published = streaming.pop(item.seq, None)
+                if published is None:
+                    published = begin()
+                    published.write(item.data)
                 writing.add(asyncio.ensure_future(finish(published)))
-                attempt.last_input = time.monotonic()
-                attempt.sent += 1
-                self.segments_in += 1
+            for published in streaming.values():
+                writing.add(asyncio.ensure_future(finish(published)))
             for task in writing:
                 await task
             # The source ended: wait (bounded) for the output of what was sent, then end.
@@ -351,9 +409,21 @@ class LiveAiSession:
                                        max_segment_bytes=self.live.settings.max_output_bytes)
         try:
             while True:
+                feed = self._output_feed()
                 try:
                     segment = await subscriber.next()
-                    data = await segment.read()
+                    parts = []
+                    if feed is not None:
+                        feed.begin()
+                    try:
+                        async for chunk in segment.chunks():  # to WHEP as it arrives
+                            parts.append(chunk)
+                            if feed is not None:
+                                feed.feed(chunk)
+                    finally:
+                        if feed is not None:
+                            feed.end()
+                    data = b"".join(parts)
                 except TrickleClosed:
                     return
                 except httpx.HTTPError as exc:
@@ -375,6 +445,12 @@ class LiveAiSession:
                 self.segments_out += 1
         finally:
             await subscriber.aclose()
+
+    def _output_feed(self) -> OutputFeed | None:
+        """Where the AI output goes piece by piece (WHEP), opened at the first output segment."""
+        if self.output is None and self.live.open_output is not None:
+            self.output = self.live.open_output(self.stream)
+        return self.output
 
     async def _events(self, attempt: _Attempt) -> None:
         subscriber = TrickleSubscriber(attempt.http, attempt.channels.events_url, start=-1,
@@ -481,12 +557,16 @@ class LiveAi:
     """Every stream's live AI: sessions by stream name, fed from the hub."""
 
     def __init__(self, hub: Hub, pool: OrchestratorPool, settings: LiveAiSettings | None = None,
-                 policy: SelectionPolicy | None = None, defaults: Mapping[str, str] | None = None) -> None:
+                 policy: SelectionPolicy | None = None, defaults: Mapping[str, str] | None = None,
+                 stream_parts: StreamParts | None = None,
+                 open_output: Callable[[str], OutputFeed] | None = None) -> None:
         self.hub = hub
         self.pool = pool
         self.settings = settings or LiveAiSettings()
         self.policy = policy or SelectionPolicy()
         self.defaults = dict(defaults or {})
+        self._stream_parts = stream_parts
+        self.open_output = open_output
         self.sessions: dict[str, LiveAiSession] = {}
         self.expected: dict[str, LiveRequest] = {}  # asked for by /start before the stream was published
         self._tasks: set[asyncio.Task[None]] = set()
@@ -537,7 +617,18 @@ class LiveAi:
             await self.stop(stream)
         self.sessions[stream] = session
         self._spawn(session)
+        self.connect_parts(stream)
         return session
+
+    def connect_parts(self, stream: str) -> None:
+        """Have ``stream``'s publisher (if it has one yet) stream its segments to the session while cut."""
+        if self._stream_parts is not None and self.session(stream) is not None:
+            self._stream_parts(stream, lambda seq, data, first: self._part(stream, seq, data, first))
+
+    def _part(self, stream: str, seq: int, data: bytes, first: bool) -> None:
+        session = self.session(stream)
+        if session is not None:
+            session.part(seq, data, first)
 
     def _spawn(self, session: LiveAiSession) -> None:
         task = asyncio.ensure_future(self._supervised(session))
@@ -552,6 +643,9 @@ class LiveAi:
             raise
         except Exception:  # noqa: BLE001 - one stream's failure is logged, never the gateway's
             log.exception("stream %s: live AI session failed", session.stream)
+        finally:
+            if self._stream_parts is not None and self.sessions.get(session.stream) is session:
+                self._stream_parts(session.stream, None)
 
     async def stop(self, stream: str) -> None:
         """End ``stream``'s live AI now (its source plays on)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -88,6 +89,24 @@ class Publisher:
         self._flv_tags: list[FlvTag] = []  # RTMP messages not yet made a job (one job per hand-over)
         self._flv_arrival = 0.0
         self._told = False  # the registry knows the cut is over
+        self.low_latency = False  # every feed handed over at once (a stream streamed while cut)
+
+    def stream_parts(self, on_part: Callable[[int, bytes, bool], None] | None) -> None:
+        """Have each next segment streamed while it is cut: ``on_part(seq, data, first)`` on the
+        event loop for every write of its muxer (None: stop). Input is then handed over as it
+        comes, not batched."""
+        loop = self._loop
+        if on_part is None:
+            self.cutter.on_part = None
+            self.low_latency = False
+            return
+
+        def threadsafe(seq: int, data: bytes, first: bool) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(on_part, seq, data, first)
+
+        self.low_latency = True
+        self.cutter.on_part = threadsafe
 
     # -- input
 
@@ -105,7 +124,7 @@ class Publisher:
         if not self._pending_bytes:
             self._pending_since = now
         self._pending_bytes += size
-        if (urgent or self._pending_bytes >= self._settings.batch_bytes
+        if (urgent or self.low_latency or self._pending_bytes >= self._settings.batch_bytes
                 or now - self._pending_since >= self._settings.batch_interval):
             self._hand_over()
 
@@ -241,6 +260,10 @@ class Publishers:
     def bytes_in(self) -> int:
         """Media bytes from every publisher since start (each stream counts its own: one writer each)."""
         return self._forgotten_bytes + sum(s.bytes_in for s in self.streams.values())
+
+    def publisher(self, name: str) -> Publisher | None:
+        """The current publisher of ``name`` (None between publishers)."""
+        return self._publishers.get(name)
 
     def live_streams(self) -> list[LiveStream]:
         """Streams that are live or waiting for their publisher to come back."""

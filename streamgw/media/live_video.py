@@ -10,9 +10,11 @@ continuous and audio stays in sync.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import IO, Any
 
 import av
@@ -21,7 +23,7 @@ import numpy.typing as npt
 from av.video.frame import VideoFrame
 
 from streamgw.errors import MediaError
-from streamgw.media.mpegts import muxer_options
+from streamgw.media.mpegts import live_demuxer_options, muxer_options
 from streamgw.media.x264 import x264_options
 
 FrameFn = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]
@@ -50,29 +52,34 @@ class _Writer:
         return len(data)
 
 
-def run_segment(reader: IO[bytes], write: Callable[[bytes], None], process: FrameFn, *,
+def run_segment(reader: IO[bytes] | io.RawIOBase, write: Callable[[bytes], None], process: FrameFn, *,
                 crf: int = 23, preset: str = "ultrafast") -> SegmentStats:
     """Process one MPEG-TS segment read from ``reader`` (blocking reads, as bytes arrive) and
     write the output segment's bytes to ``write`` as they are muxed. Raises :class:`MediaError`
     for input that cannot be decoded; an exception from ``process`` goes to the caller."""
     stats = SegmentStats()
     try:
-        source = av.open(reader, "r", format="mpegts")
+        source = av.open(reader, "r", format="mpegts", options=live_demuxer_options())
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"input segment cannot be read: {exc}") from exc
-    sink = av.open(_Writer(write), "w", format="mpegts", options=muxer_options())
+    sink = av.open(_Writer(write), "w", format="mpegts", options=muxer_options(flush=True))
     try:
         video_in = next(iter(source.streams.video), None)
         if video_in is None:
             raise MediaError("input segment has no video")
         audio_in = next(iter(source.streams.audio), None)
+        if audio_in is not None and not audio_in.codec_context.sample_rate:
+            audio_in = None  # its parameters not found in the probe: the segment goes on without audio
         audio_out = sink.add_stream_from_template(audio_in) if audio_in is not None else None
         video_out: Any = None
         # Audio that comes before the first picture waits for it: the muxer's streams must all
         # exist before its first packet (a stream added after the header crashes FFmpeg).
         held: list[Any] = []
+        audio_next: int | None = None  # where the next audio packet starts (time base ticks)
         for packet in source.demux(*(s for s in (video_in, audio_in) if s is not None)):
             if packet.stream is audio_in:
+                if packet.size and audio_out is not None:
+                    audio_next = _audio_timestamps(packet, audio_in, audio_next)
                 if packet.dts is not None and packet.size and audio_out is not None:
                     packet.stream = audio_out
                     if video_out is None:
@@ -104,6 +111,18 @@ def run_segment(reader: IO[bytes], write: Callable[[bytes], None], process: Fram
         source.close()
         sink.close()
     return stats
+
+
+def _audio_timestamps(packet: Any, stream: Any, expected: int | None) -> int | None:
+    """Stamp an audio packet the demuxer left without timestamps (the frames after the first of a
+    PES packet, while the probe is cut short) right after the one before; returns where the
+    next one starts."""
+    ctx = stream.codec_context
+    samples = ctx.frame_size or 1024
+    length = int(samples * (1 / Fraction(ctx.sample_rate)) / stream.time_base) if ctx.sample_rate else 0
+    if packet.pts is None and expected is not None:
+        packet.pts = packet.dts = expected
+    return packet.pts + length if packet.pts is not None else expected
 
 
 def _open_encoder(sink: Any, frame: VideoFrame, source: Any, crf: int, preset: str) -> Any:

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 TS_PACKET = 188
 PAT_PID = 0x00
 SDT_PID = 0x11
 
 
-def muxer_options() -> dict[str, str]:
-    """Options for FFmpeg's mpegts muxer: one SDT only, at the start, for SegmentBytes to drop."""
+def muxer_options(*, flush: bool = False) -> dict[str, str]:
+    """Options for FFmpeg's mpegts muxer: one SDT only, at the start, for SegmentBytes to drop;
+    ``flush``: each packet written out at once (a segment read while it is written), not per
+    32 KiB of buffer."""
     # sdt_period is in seconds (FFmpeg >= 4.4): no second SDT within any segment.
-    return {"sdt_period": "100000"}
+    options = {"sdt_period": "100000"}
+    if flush:
+        options["flush_packets"] = "1"
+    return options
+
+
+def live_demuxer_options() -> dict[str, str]:
+    """Options for FFmpeg's mpegts demuxer reading a segment while it arrives: the probe ends as
+    soon as every stream's parameters are known (no frame-rate probe), within 1 s of media at
+    most (the default probe read 1.5 s of a 2 s segment before the first packet came out)."""
+    return {"probesize": "262144", "analyzeduration": "1000000", "fpsprobesize": "0"}
 
 
 def first_pid(data: bytes) -> int | None:
@@ -29,14 +43,15 @@ class SegmentBytes:
     the whole segment to drop the SDT.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_write: Callable[[bytes], None] | None = None) -> None:
         self._parts: list[bytes] = []
+        self._on_write = on_write  # each piece as it is written (a segment streamed while it is cut)
 
     def write(self, data: bytes) -> int:
-        if not self._parts and first_pid(data) == SDT_PID:
-            self._parts.append(data[TS_PACKET:])
-        else:
-            self._parts.append(data)
+        piece = data[TS_PACKET:] if not self._parts and first_pid(data) == SDT_PID else data
+        self._parts.append(piece)
+        if self._on_write is not None and piece:
+            self._on_write(piece)
         return len(data)
 
     def getvalue(self) -> bytes:

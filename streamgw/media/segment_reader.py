@@ -20,7 +20,9 @@ from typing import Any
 import av
 import av.error
 
+from streamgw.media.mpegts import live_demuxer_options
 from streamgw.media.opus import OpusEncoder
+from streamgw.media.pipe import BytesPipe
 from streamgw.media.rtc import AUDIO_RATE, AUDIO_TB, VIDEO_TB, RtcPacket
 from streamgw.media.x264 import realtime_x264_options
 from streamgw.segment import Segment
@@ -61,6 +63,33 @@ class SegmentReader:
                     out += self._audio(p)
         out.sort(key=lambda o: o.t)
         return out
+
+    def stream(self, reader: Any, emit: Callable[[list[RtcPacket]], None]) -> None:
+        """One segment read while it arrives (``reader``: blocking reads, e.g. a
+        :class:`~streamgw.media.pipe.BytesPipe`): ``emit`` gets each packet's WebRTC packets at
+        once, in arrival order (a live AI orchestrator's output, for the lowest latency)."""
+        with av.open(reader, "r", format="mpegts", options=live_demuxer_options()) as container:
+            video = next((s for s in container.streams.video if s.codec_context.name == "h264"), None)
+            audio = container.streams.audio[0] if container.streams.audio else None
+            if audio is not None and not audio.codec_context.sample_rate:
+                audio = None
+            audio_next: int | None = None
+            for p in container.demux([s for s in (video, audio) if s is not None]):
+                if not p.size:
+                    continue
+                if p.stream is audio:
+                    audio_next = _stamp_audio(p, audio, audio_next)
+                if p.pts is None:
+                    continue
+                if p.stream is video:
+                    if not self.reencode and p.dts is not None and p.pts != p.dts:
+                        log.info("WHEP: the live output has B-frames: re-encoding once for WebRTC")
+                        self.reencode = True
+                    items = self._video(p)
+                else:
+                    items = self._audio(p)
+                if items:
+                    emit(items)
 
     def _video(self, p: Any) -> list[RtcPacket]:
         t = p.pts * Fraction(p.time_base)
@@ -111,6 +140,76 @@ class SegmentReader:
                 self._opus = OpusEncoder(0)
             out += [RtcPacket("audio", data, pts, True, pts * AUDIO_TB) for data, pts in self._opus.encode(frame)]
         return out
+
+
+def _stamp_audio(packet: Any, stream: Any, expected: int | None) -> int | None:
+    """Stamp an audio packet the demuxer left without timestamps right after the one before."""
+    ctx = stream.codec_context
+    length = int((ctx.frame_size or 1024) * (1 / Fraction(ctx.sample_rate)) / stream.time_base)
+    if packet.pts is None and expected is not None:
+        packet.pts = packet.dts = expected
+    return packet.pts + length if packet.pts is not None else expected
+
+
+class LiveSegmentsThread:
+    """Segments that arrive piece by piece (a live AI orchestrator's output) turned into WebRTC
+    packets as their bytes come, on one worker thread: :meth:`begin`, :meth:`feed` each piece,
+    :meth:`end`, from the event loop; ``deliver(packets)`` on the loop."""
+
+    def __init__(self, name: str, reader: SegmentReader, deliver: Callable[[list[RtcPacket]], None]) -> None:
+        self.reader = reader
+        self._name = name
+        self._deliver = deliver
+        self._loop = asyncio.get_running_loop()
+        self._segments: collections.deque[BytesPipe] = collections.deque()
+        self._current: BytesPipe | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def begin(self) -> None:
+        self.end()
+        pipe = self._current = BytesPipe()
+        with self._cond:
+            self._segments.append(pipe)
+            self._cond.notify()
+
+    def feed(self, data: bytes) -> None:
+        if self._current is not None:
+            self._current.feed(data)
+
+    def end(self) -> None:
+        if self._current is not None:
+            self._current.end()
+            self._current = None
+
+    def close(self) -> None:
+        self.end()
+        with self._cond:
+            self._closed = True
+            for pipe in self._segments:
+                pipe.end()
+            self._cond.notify_all()
+
+    def _emit(self, items: list[RtcPacket]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            self._loop.call_soon_threadsafe(self._deliver, items)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._segments) or self._closed)
+                if self._closed:
+                    return
+                pipe = self._segments.popleft()
+            try:
+                self.reader.stream(pipe, self._emit)
+            except (av.error.FFmpegError, ValueError, OSError) as exc:
+                log.warning("%s: a live segment is unusable: %s", self._name, exc)
+            # Whatever is left of it is not wanted (the reader stopped early).
+            while pipe.readinto(bytearray(65536)):
+                pass
 
 
 class SegmentReaderThread:

@@ -92,10 +92,10 @@ class _Cut:
 
     def __init__(self, streams: list[Any], start_pts: int, discontinuity: bool,
                  audio_format: AudioFormat | None = None, video_config: bytes | None = None,
-                 audio_config: bytes | None = None) -> None:
-        self.buf = SegmentBytes()
+                 audio_config: bytes | None = None, on_write: Callable[[bytes], None] | None = None) -> None:
+        self.buf = SegmentBytes(on_write)
         # One SDT at most (it is written once at the start), which finish() removes.
-        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options())
+        self.container = av.open(self.buf, "w", format="mpegts", options=muxer_options(flush=on_write is not None))
         self.map = {s.index: self.container.add_stream_from_template(s) for s in streams}
         for s in streams:
             # Copied into the stream's parameters when the header is written (first mux).
@@ -256,6 +256,9 @@ class SegmentCutter:
         self.stream_id = stream_id
         self.settings = settings
         self.next_seq = first_seq
+        # Set (from any thread) to have each segment streamed while it is cut, from the next one
+        # on: (seq, bytes, first piece of that seq) for every write of its muxer, on this thread.
+        self.on_part: Callable[[int, bytes, bool], None] | None = None
         self._discontinuity = discontinuity
         self._on_info = on_info
         self._on_segment = on_segment
@@ -475,8 +478,16 @@ class SegmentCutter:
             self._config.replace(record)
 
     def _new_cut(self, start: int, discontinuity: bool) -> _Cut:
+        on_part, on_write = self.on_part, None
+        if on_part is not None:
+            seq, first = self.next_seq, [True]
+
+            def on_write(data: bytes) -> None:
+                on_part(seq, data, first[0])
+                first[0] = False
+
         return _Cut(self._streams, start, discontinuity, self._audio_format, self._config.record,
-                    self._audio_config if self._audio is not None else None)
+                    self._audio_config if self._audio is not None else None, on_write)
 
     def _mux(self, cut: _Cut, packet: Any) -> None:
         outcome = cut.mux(packet)

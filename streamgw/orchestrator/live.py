@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ import numpy.typing as npt
 from streamgw.errors import CapacityError, MediaError, PipelineError, StreamgwError
 from streamgw.livepeer.capabilities import ModelConstraint
 from streamgw.media.live_video import SegmentStats, run_segment
+from streamgw.media.pipe import BytesPipe
 from streamgw.pipelines import registry
 from streamgw.pipelines.base import LivePipeline
 from streamgw.trickle.channels import TrickleChannel, TrickleChannels, TrickleSegment, local_segments
@@ -57,43 +57,6 @@ class StartError(StreamgwError):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
         self.status = status
-
-
-class _Pipe(io.RawIOBase):
-    """Bytes from the event loop to a worker thread's blocking reads; :meth:`end` is EOF."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._chunks: list[bytes] = []
-        self._ended = False
-
-    def readable(self) -> bool:
-        return True
-
-    def feed(self, data: bytes) -> None:
-        with self._cond:
-            self._chunks.append(data)
-            self._cond.notify()
-
-    def end(self) -> None:
-        with self._cond:
-            self._ended = True
-            self._cond.notify()
-
-    def readinto(self, buffer: Any) -> int:
-        with self._cond:
-            while not self._chunks and not self._ended:
-                self._cond.wait()
-            if not self._chunks:
-                return 0
-            chunk = self._chunks[0]
-            n = min(len(chunk), len(buffer))
-            buffer[:n] = chunk[:n]
-            if n < len(chunk):
-                self._chunks[0] = chunk[n:]
-            else:
-                self._chunks.pop(0)
-            return n
 
 
 class LiveStream:
@@ -269,15 +232,15 @@ class LiveRunners:
     async def _segment(self, stream: LiveStream, segment: TrickleSegment, out: TrickleChannel,
                        seq: int) -> SegmentStats | None:
         loop = asyncio.get_running_loop()
-        pipe = _Pipe()
+        pipe = BytesPipe()
         written = [False]
         target, _ = out.for_write(seq)
 
         def write(data: bytes) -> None:  # on the worker thread
             loop.call_soon_threadsafe(self._write_out, out, target, seq, written, data)
 
-        reader = io.BufferedReader(pipe)
-        work = loop.run_in_executor(self.executor, lambda: run_segment(reader, write, stream.process))
+        # Unbuffered: a read returns what has arrived (a buffered reader waits for its buffer to fill).
+        work = loop.run_in_executor(self.executor, lambda: run_segment(pipe, write, stream.process))
         offset = 0
         started = time.monotonic()
         try:

@@ -45,7 +45,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from streamgw.errors import CapacityError, ProtocolError
 from streamgw.gateway.hub import Event, StreamEnded, Subscription
 from streamgw.media.rtc import AUDIO_TB, VIDEO_TB, AvPacket, RtcPacket, av_packet
-from streamgw.media.segment_reader import SegmentReader, SegmentReaderThread
+from streamgw.media.segment_reader import LiveSegmentsThread, SegmentReader, SegmentReaderThread
 from streamgw.media.vp8 import Vp8Encoder, Vp8Settings
 from streamgw.segment import Segment
 from streamgw.webrtc import IceSettings, PeerSessions, answer_offer, new_peer_connection, offered_media, prefer_codecs
@@ -324,6 +324,11 @@ class _Tee:
         if not self.closed:
             self.relay.publish(RtcPacket("audio", data, pts, True, pts * AUDIO_TB))
 
+    def send(self, items: list[RtcPacket]) -> None:
+        if not self.closed:
+            for item in items:
+                self.relay.publish(item)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -332,6 +337,28 @@ class _Tee:
             self.relay.live = False
             self.relay.keyframe_source = None
             self.output._maybe_drop(self.relay)
+
+
+class LiveSegmentFeed:
+    """A relay fed from segments piece by piece: :meth:`begin` each segment, :meth:`feed` its
+    bytes as they arrive, :meth:`end` it; :meth:`close` when the feed is over."""
+
+    def __init__(self, tee: _Tee, thread: LiveSegmentsThread) -> None:
+        self.tee = tee
+        self.thread = thread
+
+    def begin(self) -> None:
+        self.thread.begin()
+
+    def feed(self, data: bytes) -> None:
+        self.thread.feed(data)
+
+    def end(self) -> None:
+        self.thread.end()
+
+    def close(self) -> None:
+        self.thread.close()
+        self.tee.close()
 
 
 @dataclass(slots=True)
@@ -451,9 +478,16 @@ class WhepOutput:
         """Run ``coro`` as a task this output keeps a reference to."""
         self.peers.spawn(coro)
 
-    def open_tee(self, stream: str, request_keyframe: Callable[[], None]) -> _Tee:
-        """Feed ``stream``'s source relay from a WHIP encoder (the ``OpenTee`` of ingest/whip)."""
-        relay = self._relay((stream, "source"))
+    def open_live_segments(self, stream: str, rendition: str) -> LiveSegmentFeed:
+        """Feed ``stream``'s ``rendition`` relay from segments read while they arrive (a live AI
+        orchestrator's output), not from the hub's whole segments: the lowest latency."""
+        tee = self.open_tee(stream, lambda: None, rendition)
+        reader = SegmentReader(self.settings.x264_preset, self.settings.video_bitrate, lambda: False)
+        return LiveSegmentFeed(tee, LiveSegmentsThread(f"whep-live-{stream}-{rendition}", reader, tee.send))
+
+    def open_tee(self, stream: str, request_keyframe: Callable[[], None], rendition: str = "source") -> _Tee:
+        """Feed ``stream``'s ``rendition`` relay from a WHIP encoder (the ``OpenTee`` of ingest/whip)."""
+        relay = self._relay((stream, rendition))
         relay.live = True
         relay.keyframe_source = request_keyframe
         if relay.feeder is not None:

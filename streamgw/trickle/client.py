@@ -91,6 +91,7 @@ class TricklePublisher:
         self.seq = start
         self._next: tuple[_Body, asyncio.Task[httpx.Response]] | None = None
         self._reset = True
+        self._open_posts: set[asyncio.Task[httpx.Response]] = set()  # every POST not answered yet
 
     def _open(self, seq: int) -> tuple[_Body, asyncio.Task[httpx.Response]]:
         body = _Body()
@@ -99,7 +100,10 @@ class TricklePublisher:
             headers[RESET] = "1"
             self._reset = False
         request = self.client.build_request("POST", f"{self.url}/{seq}", content=body.__aiter__(), headers=headers)
-        return body, asyncio.ensure_future(self.client.send(request))
+        task = asyncio.ensure_future(self.client.send(request))
+        self._open_posts.add(task)
+        task.add_done_callback(self._open_posts.discard)
+        return body, task
 
     def segment(self) -> PublishedSegment:
         """The next segment (its POST already open when preconnected); the one after is opened."""
@@ -116,13 +120,15 @@ class TricklePublisher:
         await segment.close()
 
     async def aclose(self, *, delete: bool = True) -> None:
-        """Drop the preconnected POST (nothing was written to it) and close the channel (unless not ``delete``)."""
-        if self._next is not None:
-            body, response = self._next
-            self._next = None
-            response.cancel()
+        """Drop the preconnected POST (nothing was written to it) and any segment still being
+        written, then close the channel (unless not ``delete``)."""
+        self._next = None
+        pending = list(self._open_posts)
+        for task in pending:
+            task.cancel()
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-                await response
+                await task
         if delete:
             with contextlib.suppress(httpx.HTTPError):
                 await self.client.delete(self.url)
