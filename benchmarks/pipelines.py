@@ -63,16 +63,16 @@ def main() -> int:
     cv2.setNumThreads(1)
     print(f"pipelines: {args.frames} frames per size, one thread on CPU {args.cpu}; "
           f"budget at 30 fps {BUDGET_MS:.1f} ms")
-    print(f"{'pipeline':12s} {'size':>9s} {'mean ms':>8s} {'p95 ms':>7s} {'x budget':>9s} {'x baseline':>11s}")
+    print(f"{'pipeline':18s} {'size':>9s} {'mean ms':>8s} {'p95 ms':>7s} {'x budget':>9s} {'x baseline':>11s}")
     for size in ((512, 512), (1280, 720)):
         scenes = frames(size, args.frames)
         base, _ = per_frame_ms(lambda f: cv2.GaussianBlur(f, (0, 0), 8), scenes)
-        print(f"{'(baseline)':12s} {size[0]:>4d}x{size[1]:<4d} {base:8.2f} {'':>7s} {base / BUDGET_MS:9.2f} {1:11.2f}")
+        print(f"{'(baseline)':18s} {size[0]:>4d}x{size[1]:<4d} {base:8.2f} {'':>7s} {base / BUDGET_MS:9.2f} {1:11.2f}")
         for name in sorted(registry.installed()):
             pipeline = registry.create(name)
             pipeline.warm_up()
             mean, p95 = per_frame_ms(pipeline.process, scenes)
-            print(f"{name:12s} {size[0]:>4d}x{size[1]:<4d} {mean:8.2f} {p95:7.2f} {mean / BUDGET_MS:9.2f} "
+            print(f"{name:18s} {size[0]:>4d}x{size[1]:<4d} {mean:8.2f} {p95:7.2f} {mean / BUDGET_MS:9.2f} "
                   f"{mean / base:11.2f}")
     return 0
 
