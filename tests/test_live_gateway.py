@@ -299,8 +299,10 @@ def test_go_livepeer_api_start_update_status_and_whep(
         assert httpx.post(gw.http + "/live/video-to-video/cam/update", content=b'{"strength": 1.0}').status_code == 200
         gw.wait_for(lambda: _ai_segments(gw, "cam-id") >= at + 4, 60, "segments after the update")
         after = sorted(face_psnr(at + 2))
-        # Blurred from two segments on (the detector may miss the moving face in a rare picture).
-        assert len(after) >= 10 and after[len(after) // 2] < 20 and after[len(after) * 9 // 10] < 22, after
+        # Blurred from two segments on (Haar misses the moving face in a few pictures; at strength
+        # 0 none was under 27).
+        blurred = sum(p < 22 for p in after)
+        assert len(after) >= 10 and after[len(after) // 2] < 20 and blurred >= 0.8 * len(after), after
         status = _status(gw, "cam-id")
         assert status["stream_id"] == "cam-id" and status["pipeline_id"] == "face-blur"
         assert status["type"] == "status" and status["inference_status"]["last_params"]["strength"] == 1.0

@@ -86,3 +86,43 @@ def test_publish_and_subscribe_over_http2_on_the_orchestrator(tmp_path: Path) ->
         finally:
             await node.close()
     run(test)
+
+
+def test_a_preconnected_post_gets_100_continue_keepalives_over_http1(tmp_path: Path) -> None:
+    """go-livepeer's trickle server sends ``100 Continue`` while a POST waits for its first body
+    byte; so does the orchestrator's, over HTTP/1.1 (a raw TLS client, as Go's would see it)."""
+    import ssl
+
+    async def test() -> None:
+        node = OrchestratorNode(OrchestratorNodeSettings(serve_addr="127.0.0.1:0", data_dir=tmp_path,
+                                                         transcode_workers=1))
+        await node.start()
+        try:
+            node.service.trickle.keepalive = 0.3
+            node.service.trickle_channels.create("idle", MIME)
+            host, port = node.url.removeprefix("https://").rsplit(":", 1)
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            context.set_alpn_protocols(["http/1.1"])
+            reader, writer = await asyncio.open_connection(host, int(port), ssl=context)
+            writer.write(b"POST /ai/trickle/idle/0 HTTP/1.1\r\nHost: o\r\nContent-Type: video/MP2T\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            seen = b""
+            async with asyncio.timeout(5):
+                while seen.count(b"HTTP/1.1 100 ") < 3:  # (hypercorn sends no reason phrase)
+                    seen += await reader.read(4096)
+            assert b"HTTP/1.1 200" not in seen
+            writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(5):
+                while b"HTTP/1.1 200" not in seen:
+                    seen += await reader.read(4096)
+            assert b"lp-trickle-seq: 0" in seen.lower()
+            writer.close()
+            segment, _ = node.service.trickle_channels.get("idle").for_read(0)  # type: ignore[union-attr]
+            assert segment is not None and (await segment.read(0))[0] == b"hello"
+        finally:
+            await node.close()
+
+    asyncio.run(test())

@@ -51,6 +51,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 from hypercorn.events import Event, RawData
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.typing import AppWrapper, ASGIFramework, ASGIReceiveEvent, ASGISendEvent, ConnectionState, LifespanState
@@ -143,6 +144,27 @@ class _RequestQueue:
         self.queue.put_nowait(message)
 
 
+INTERIM_EXTENSION = "streamgw.interim_response"
+"""ASGI scope extension (HTTP/1.1 under this server): an ``async () -> None`` that sends ``100
+Continue`` before the response has started (go-livepeer's trickle server keeps idle POSTs alive
+so); ASGI itself has no message for it."""
+
+
+def _interim_sender(send: Callable[[ASGISendEvent | None], Awaitable[None]]) -> Callable[[], Awaitable[None]] | None:
+    """``100 Continue`` through the app's hypercorn HTTPStream (its ``send`` is the stream's bound
+    ``app_send``): hypercorn's HTTP/1.1 protocol sends a Response event under 200 as an
+    informational response, without changing the stream's state."""
+    stream = getattr(send, "__self__", None)
+    stream_send, stream_id = getattr(stream, "send", None), getattr(stream, "stream_id", None)
+    if stream_send is None or not isinstance(stream_id, int):
+        return None
+
+    async def interim() -> None:
+        await stream_send(Response(stream_id=stream_id, headers=[], status_code=100))
+
+    return interim
+
+
 class _TaskGroup(TaskGroup):
     """hypercorn's connection TaskGroup, giving each app a :class:`_RequestQueue`."""
 
@@ -153,6 +175,11 @@ class _TaskGroup(TaskGroup):
         scope: HypercornScope,
         send: Callable[[ASGISendEvent | None], Awaitable[None]],
     ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        if scope.get("type") == "http" and scope.get("http_version") in ("1.0", "1.1"):
+            interim = _interim_sender(send)
+            if interim is not None:
+                extensions = cast(dict[str, Any], scope).setdefault("extensions", {})
+                extensions[INTERIM_EXTENSION] = interim
         put = await super().spawn_app(app, config, scope, send)
         queue = getattr(put, "__self__", None)  # hypercorn hands out its asyncio.Queue's put
         if not isinstance(queue, asyncio.Queue):

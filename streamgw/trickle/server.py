@@ -10,9 +10,11 @@ Routes under ``base`` (``/ai/trickle/`` on an orchestrator)::
     DELETE {ch}          close the channel
     DELETE {ch}/{seq}    close one segment
 
-A GET sends no headers until the segment's first byte exists. go-livepeer's 100-Continue
-keep-alives on a POST that waits long for its first byte are not sent: ASGI has no interim
-responses; a preconnected POST simply waits.
+A GET sends no headers until the segment's first byte exists. A POST that waits for its first
+byte gets go-livepeer's ``100 Continue`` keep-alive every ``keepalive`` seconds where the server
+under it offers a way to send one (ASGI has no interim responses: the orchestrator's hypercorn
+sets the scope extension ``streamgw.interim_response`` over HTTP/1.1; over HTTP/2 and under other
+servers a preconnected POST simply waits).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ CLOSED = "Lp-Trickle-Closed"
 RESET = "Lp-Trickle-Reset"
 
 
+# The scope extension a server sets to let the app send 100 Continue (streamgw's hypercorn does,
+# over HTTP/1.1: orchestrator/h2server.INTERIM_EXTENSION; the trickle server imports no server).
+INTERIM_EXTENSION = "streamgw.interim_response"
+
+
 def _headers(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in pairs]
 
@@ -59,11 +66,21 @@ def _seq(text: str, lowest: int) -> int | None:
     return seq if seq >= lowest else None
 
 
-async def _first_message(receive: Receive, channel: TrickleChannel) -> MutableMapping[str, Any] | None:
-    """The request's first message, or None if the channel closes first."""
+async def _first_message(receive: Receive, channel: TrickleChannel, interim: Callable[[], Awaitable[None]] | None,
+                         keepalive: float) -> MutableMapping[str, Any] | None:
+    """The request's first message, or None if the channel closes first; meanwhile ``100
+    Continue`` every ``keepalive`` seconds where the server can send it (``interim``)."""
     message = asyncio.ensure_future(receive())
     closed = asyncio.ensure_future(channel.closed_event.wait())
-    await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+    while True:
+        done, _ = await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED,
+                                     timeout=keepalive if interim is not None else None)
+        if done or interim is None:
+            break
+        try:
+            await interim()
+        except Exception:  # noqa: BLE001 - a keep-alive that cannot go out changes nothing
+            interim = None
     closed.cancel()
     if message.done():
         return message.result()
@@ -76,8 +93,9 @@ async def _first_message(receive: Receive, channel: TrickleChannel) -> MutableMa
 class TrickleServer:
     """ASGI app for the channels of ``channels`` under the path prefix ``base``."""
 
-    def __init__(self, channels: TrickleChannels, base: str = "/ai/trickle/") -> None:
+    def __init__(self, channels: TrickleChannels, base: str = "/ai/trickle/", keepalive: float = 10.0) -> None:
         self.channels = channels
+        self.keepalive = keepalive  # seconds between 100 Continue keep-alives of a POST waiting for its body
         self.base = base if base.endswith("/") else base + "/"
 
     def handles(self, path: str) -> bool:
@@ -137,11 +155,13 @@ class TrickleServer:
         segment, seq = channel.for_write(seq, reset=reset)
         limit = self.channels.limits.max_segment_bytes
         total = 0
-        message = await _first_message(receive, channel)
-        if message is None:  # the channel closed while this (preconnected) POST waited for its body
-            await _answer(send, 200, "", (SEQ, str(seq)), (CLOSED, "terminated"))
-            return
+        extension = scope.get("extensions", {}).get(INTERIM_EXTENSION)
+        interim = extension if callable(extension) else None
+        message = await _first_message(receive, channel, interim, self.keepalive)
         while True:
+            if message is None:  # the channel closed while this (preconnected) POST waited for its body
+                await _answer(send, 200, "", (SEQ, str(seq)), (CLOSED, "terminated"))
+                return
             if message["type"] == "http.disconnect":
                 # The publisher went away mid-body: the segment stays open, as go-livepeer's does.
                 return
@@ -157,7 +177,9 @@ class TrickleServer:
                 segment.write(body)
             if not message.get("more_body", False):
                 break
-            message = await receive()
+            # Until the first byte (servers may hand over an empty first message): keep-alives, and
+            # the channel's close ends the wait.
+            message = await (_first_message(receive, channel, interim, self.keepalive) if total == 0 else receive())
         segment.close()
         if total == 0:
             channel.started(seq)  # an empty POST still advances the next write
