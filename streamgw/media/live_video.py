@@ -14,7 +14,6 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import IO, Any
 
 import av
@@ -23,7 +22,7 @@ import numpy.typing as npt
 from av.video.frame import VideoFrame
 
 from streamgw.errors import MediaError
-from streamgw.media.mpegts import live_demuxer_options, muxer_options
+from streamgw.media.mpegts import live_demuxer_options, muxer_options, stamp_audio
 from streamgw.media.x264 import x264_options
 
 FrameFn = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]
@@ -79,7 +78,7 @@ def run_segment(reader: IO[bytes] | io.RawIOBase, write: Callable[[bytes], None]
         for packet in source.demux(*(s for s in (video_in, audio_in) if s is not None)):
             if packet.stream is audio_in:
                 if packet.size and audio_out is not None:
-                    audio_next = _audio_timestamps(packet, audio_in, audio_next)
+                    audio_next = stamp_audio(packet, audio_in, audio_next)
                 if packet.dts is not None and packet.size and audio_out is not None:
                     packet.stream = audio_out
                     if video_out is None:
@@ -111,18 +110,6 @@ def run_segment(reader: IO[bytes] | io.RawIOBase, write: Callable[[bytes], None]
         source.close()
         sink.close()
     return stats
-
-
-def _audio_timestamps(packet: Any, stream: Any, expected: int | None) -> int | None:
-    """Stamp an audio packet the demuxer left without timestamps (the frames after the first of a
-    PES packet, while the probe is cut short) right after the one before; returns where the
-    next one starts."""
-    ctx = stream.codec_context
-    samples = ctx.frame_size or 1024
-    length = int(samples * (1 / Fraction(ctx.sample_rate)) / stream.time_base) if ctx.sample_rate else 0
-    if packet.pts is None and expected is not None:
-        packet.pts = packet.dts = expected
-    return packet.pts + length if packet.pts is not None else expected
 
 
 def _open_encoder(sink: Any, frame: VideoFrame, source: Any, crf: int, preset: str) -> Any:

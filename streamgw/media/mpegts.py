@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
 
 TS_PACKET = 188
 PAT_PID = 0x00
@@ -25,6 +27,18 @@ def live_demuxer_options() -> dict[str, str]:
     soon as every stream's parameters are known (no frame-rate probe), within 1 s of media at
     most (the default probe read 1.5 s of a 2 s segment before the first packet came out)."""
     return {"probesize": "262144", "analyzeduration": "1000000", "fpsprobesize": "0"}
+
+
+def stamp_audio(packet: Any, stream: Any, expected: int | None) -> int | None:
+    """Stamp an audio packet (PyAV's) the demuxer left without timestamps right after the one
+    before (the frames after the first of a PES packet, while the probe is cut short by
+    :func:`live_demuxer_options`); returns where the next one starts, in the stream's time base."""
+    ctx = stream.codec_context
+    samples = ctx.frame_size or 1024  # AAC
+    length = int(samples * (1 / Fraction(ctx.sample_rate)) / stream.time_base) if ctx.sample_rate else 0
+    if packet.pts is None and expected is not None:
+        packet.pts = packet.dts = expected
+    return packet.pts + length if packet.pts is not None else expected
 
 
 def first_pid(data: bytes) -> int | None:

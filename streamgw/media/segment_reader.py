@@ -20,7 +20,7 @@ from typing import Any
 import av
 import av.error
 
-from streamgw.media.mpegts import live_demuxer_options
+from streamgw.media.mpegts import live_demuxer_options, stamp_audio
 from streamgw.media.opus import OpusEncoder
 from streamgw.media.pipe import BytesPipe
 from streamgw.media.rtc import AUDIO_RATE, AUDIO_TB, VIDEO_TB, RtcPacket
@@ -78,7 +78,7 @@ class SegmentReader:
                 if not p.size:
                     continue
                 if p.stream is audio:
-                    audio_next = _stamp_audio(p, audio, audio_next)
+                    audio_next = stamp_audio(p, audio, audio_next)
                 if p.pts is None:
                     continue
                 if p.stream is video:
@@ -140,15 +140,6 @@ class SegmentReader:
                 self._opus = OpusEncoder(0)
             out += [RtcPacket("audio", data, pts, True, pts * AUDIO_TB) for data, pts in self._opus.encode(frame)]
         return out
-
-
-def _stamp_audio(packet: Any, stream: Any, expected: int | None) -> int | None:
-    """Stamp an audio packet the demuxer left without timestamps right after the one before."""
-    ctx = stream.codec_context
-    length = int((ctx.frame_size or 1024) * (1 / Fraction(ctx.sample_rate)) / stream.time_base)
-    if packet.pts is None and expected is not None:
-        packet.pts = packet.dts = expected
-    return packet.pts + length if packet.pts is not None else expected
 
 
 class LiveSegmentsThread:
