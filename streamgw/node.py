@@ -261,10 +261,7 @@ class GatewayNode:
             return
         if self.live_ai is None:
             raise LiveAiRefused("live AI needs orchestrators (orch_addr or orch_webhook_url)", "pipeline")
-        offered = self.live_ai.models()
-        if offered and request.pipeline not in offered:
-            raise LiveAiRefused(f"no orchestrator offers pipeline {request.pipeline!r} "
-                                f"(offered: {', '.join(sorted(offered))})", "pipeline")
+        self.live_ai.check(request)
 
     def _ladder_input(self, stream: str) -> str:
         """What a stream's ladder is made from: its AI output when it goes through a pipeline."""

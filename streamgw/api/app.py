@@ -199,11 +199,18 @@ def _rendition_variant(profile: VideoProfile, rp: RenditionPlaylist, stream: Liv
     width, height = profile.width, profile.height
     if info and info.width and info.height:
         width, height = fit_size(info.width, info.height, profile.width, profile.height)
+    fps = profile.fps / (profile.fps_den or 1) if profile.fps else (info.fps if info else None)
+    return Variant(profile.name, rp.bandwidth or profile.bitrate, _encoded_codecs(rp, stream), width, height, fps)
+
+
+def _encoded_codecs(rp: RenditionPlaylist, stream: LiveStream) -> str:
+    """CODECS of a rendition encoded away from the source (a ladder rung, the AI output): its own
+    H.264 profile and level, the source's audio (copied)."""
+    info = stream.info
     codecs = [avc_codec_string(rp.first_data()) or "avc1.640028"]
     if info and info.audio_codec:
         codecs.append(info.codecs.split(",")[-1])
-    fps = profile.fps / (profile.fps_den or 1) if profile.fps else (info.fps if info else None)
-    return Variant(profile.name, rp.bandwidth or profile.bitrate, ",".join(codecs), width, height, fps)
+    return ",".join(codecs)
 
 
 def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir: Path,
@@ -311,11 +318,8 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
         ai = "ai" in renditions  # a live AI stream: its output and the ladder made from it, not the source
         for rendition, rp in renditions.items():
             if rendition == "ai":
-                codecs = [avc_codec_string(rp.first_data()) or "avc1.640028"]
-                if info and info.audio_codec:
-                    codecs.append(info.codecs.split(",")[-1])
                 variants.append(Variant(
-                    rendition, rp.bandwidth or int(stream.bitrate), ",".join(codecs),
+                    rendition, rp.bandwidth or int(stream.bitrate), _encoded_codecs(rp, stream),
                     info.width if info else None, info.height if info else None,
                     info.fps if info and info.fps and math.isfinite(info.fps) else None))
             elif rendition == "source" and not ai:

@@ -32,7 +32,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -254,9 +254,7 @@ class LiveAiSession:
             if self.request.pipeline in offered:
                 raise NoLiveOrchestrator(f"every orchestrator offering pipeline {self.request.pipeline!r} is "
                                          "suspended or excluded")
-            raise LiveAiRefused(
-                f"no orchestrator offers pipeline {self.request.pipeline!r} (offered: "
-                f"{', '.join(sorted(offered)) or 'none'})", "pipeline")
+            raise not_offered(self.request.pipeline, offered)
         raise NoLiveOrchestrator(f"no orchestrator could start pipeline {self.request.pipeline!r}: "
                                  + "; ".join(errors[-3:]))
 
@@ -553,6 +551,12 @@ def _json_or_none(body: bytes | None) -> Any:
     return None
 
 
+def not_offered(pipeline: str, offered: Mapping[str, int]) -> LiveAiRefused:
+    """The refusal of a pipeline no known orchestrator offers, naming those that are."""
+    return LiveAiRefused(f"no orchestrator offers pipeline {pipeline!r} (offered: "
+                         f"{', '.join(sorted(offered)) or 'none'})", "pipeline")
+
+
 class LiveAi:
     """Every stream's live AI: sessions by stream name, fed from the hub."""
 
@@ -600,6 +604,13 @@ class LiveAi:
                     session.ended_at is None or now - session.ended_at < self.settings.status_retention):
                 return session
         return None
+
+    def check(self, request: LiveRequest) -> None:
+        """Refuse at once a pipeline none of the orchestrators known so far offers (before anything
+        starts; with no orchestrator info yet, the start call decides)."""
+        offered = self.models()
+        if offered and request.pipeline not in offered:
+            raise not_offered(request.pipeline, offered)
 
     def models(self) -> dict[str, int]:
         """Every pipeline the known orchestrators offer, with how many offer it."""
@@ -678,12 +689,6 @@ class LiveAi:
                     session.feed(event)
         finally:
             subscription.close()
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a task owned by live AI (cancelled by :meth:`close`)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """End every session."""
