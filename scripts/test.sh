@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages: ffmpeg/ffprobe publish and inspect streams; GStreamer publishes as a second,
 # independent RTMP client (rtmp2sink, and rtmpsink over librtmp); Chromium and Firefox (driven over
-# WebDriver BiDi, no geckodriver) run the web pages' tests.
+# WebDriver BiDi, no geckodriver) run the web pages' tests; npm brings anvil and solc-js (contracts/).
 apt_pkgs=()
 command -v ffmpeg >/dev/null 2>&1 || apt_pkgs+=(ffmpeg)
 command -v gst-launch-1.0 >/dev/null 2>&1 || apt_pkgs+=(gstreamer1.0-tools)
@@ -16,6 +16,7 @@ done
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
 [ -x /usr/bin/firefox-esr ] || apt_pkgs+=(firefox-esr)
+command -v npm >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq
@@ -27,5 +28,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The local chain (anvil) and the Solidity compiler (solc-js) the payment tests use, pinned in contracts/.
+npm ci --prefix contracts --no-audit --no-fund --ignore-scripts --loglevel=error
 python3 -m mypy
 python3 -m pytest -q "$@"

@@ -16,10 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamgw.errors import ConfigError
-from streamgw.livepeer.signing import ZERO_ADDRESS, parse_address_list
+from streamgw.livepeer.signing import ZERO_ADDRESS, parse_address, parse_address_list
 
 ENV_PREFIX = "STREAMGW_"
 ENV_CONFIG_FILE = "STREAMGW_CONFIG"
+# Read where they are used, never kept in Settings (so never in a settings dump): the keystore password.
+ENV_NOT_SETTINGS = frozenset({ENV_CONFIG_FILE, "STREAMGW_ETH_PASSWORD", "STREAMGW_ANVIL"})
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -118,7 +120,8 @@ class Settings(BaseModel):
         "more are answered OrchestratorBusy); 0: 2 x transcode_workers",
     )
     orch_data_dir: str = Field(
-        "", description="orchestrator: where its TLS certificate is kept; empty: ~/.streamgw/orchestrator"
+        "", description="orchestrator: where its TLS certificate, its winning tickets (and `up --payments`' "
+        "local chain) are kept; empty: ~/.streamgw/orchestrator"
     )
     live_pipelines: str = Field(
         "", description="orchestrator: live video-to-video pipelines served (capability 35), comma-separated, "
@@ -146,6 +149,46 @@ class Settings(BaseModel):
     orch_allowed_gateways: str = Field(
         "", description="orchestrator: serve only these gateway addresses (0x..., comma-separated), which "
         "must sign their requests; empty: every gateway",
+    )
+    eth_url: str = Field(
+        "", description="Ethereum JSON-RPC URL of the chain payments are on (go-livepeer -ethUrl); "
+        "empty: offchain, no payments",
+    )
+    eth_chain_id: int = Field(0, ge=0, description="the chain's id; 0: read it from eth_url")
+    ticket_broker_addr: str = Field("", description="the TicketBroker contract's address (0x...)")
+    rounds_manager_addr: str = Field("", description="the RoundsManager contract's address (0x...)")
+    eth_keystore_path: str = Field(
+        "", description="the encrypted Ethereum keystore (JSON) of this node's account (go-livepeer "
+        "-ethKeystorePath); its password comes from STREAMGW_ETH_PASSWORD or eth_password_file, never a flag",
+    )
+    eth_password_file: str = Field("", description="file holding the keystore's password")
+    remote_signer_url: str = Field(
+        "", description="gateway: a remote signer (go-livepeer's remote signer API) that signs and pays "
+        "for it; the gateway then holds no key",
+    )
+    price_per_unit: int = Field(
+        0, ge=0, description="orchestrator: price in wei per pixels_per_unit pixels (go-livepeer -pricePerUnit); "
+        "0: free",
+    )
+    ticket_ev: int = Field(
+        1_000_000_000_000, ge=1, description="orchestrator: expected value of one ticket, wei (go-livepeer -ticketEV)"
+    )
+    max_face_value: int = Field(
+        0, ge=0, description="orchestrator: highest ticket face value quoted, wei (go-livepeer -maxFaceValue); "
+        "0: no cap",
+    )
+    initialize_round: bool = Field(
+        True, description="orchestrator: initialise each new round on chain (go-livepeer -initializeRound)"
+    )
+    max_ticket_ev: int = Field(
+        3_000_000_000_000, ge=1, description="gateway: most EV of one ticket accepted, wei (go-livepeer -maxTicketEV)"
+    )
+    max_total_ev: int = Field(
+        20_000_000_000_000, ge=1,
+        description="gateway: most EV of the tickets of one payment, wei (go-livepeer -maxTotalEV)",
+    )
+    deposit_multiplier: int = Field(
+        1, ge=1, description="gateway: a face value may be at most deposit / this (go-livepeer -depositMultiplier)"
     )
     log_level: str = Field("info", description="debug, info, warning or error")
     webrtc_addrs: str = Field(
@@ -205,6 +248,13 @@ class Settings(BaseModel):
             raise ValueError("the zero address cannot sign, so it cannot be allowed")
         return value
 
+    @field_validator("ticket_broker_addr", "rounds_manager_addr")
+    @classmethod
+    def _contract(cls, value: str) -> str:
+        if value:
+            parse_address(value)
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -217,7 +267,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
     fields = Settings.model_fields
     values: dict[str, str] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_CONFIG_FILE:
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:

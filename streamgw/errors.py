@@ -18,6 +18,11 @@
     │       ├── SegDataError           Livepeer-Segment credentials cannot be built or are rejected
     │       ├── TranscodeResultError   malformed TranscodeResult, or one that reports a failure
     │       ├── PaymentError           malformed ticket parameters or payment
+    │       │   ├── TicketRejected     the O refuses a payment or ticket (go-livepeer's text); ``fatal``
+    │       │   │                      ends the whole payment, otherwise only crediting stops
+    │       │   ├── InsufficientBalance  the sender's balance does not cover the work (``Insufficient balance``)
+    │       │   └── TicketParamsRefused  the gateway will not pay on these ticket params (expiring, EV
+    │       │                          over a limit, face value over the deposit, price over the cap)
     │       └── TrickleError           a trickle server answered out of protocol, or with an error
     │           └── TrickleClosed      the channel ended (closed, or gone: 404): end of stream
     ├── OrchestratorError      an orchestrator refused or failed a call (HTTP error, result error)
@@ -26,6 +31,11 @@
     │   ├── OrchestratorBusy   at capacity right now (OrchestratorBusy / OrchestratorCapped)
     │   └── BadRenditionSignature  an on-chain orchestrator's signature does not cover the
     │                              renditions fetched (missing, malformed, or someone else's)
+    ├── ChainError             the chain (an Ethereum JSON-RPC node) failed a call
+    │   ├── ChainUnavailable   the node cannot be reached, timed out or answered out of protocol
+    │   │                      (transient: retry later)
+    │   └── TransactionReverted  a contract refused a call or transaction; ``reason`` is its revert text
+    ├── SignerError            the remote signer failed or refused a request (no payment is made)
     ├── StreamError            stream lifecycle
     │   ├── StreamBusy         the stream name already has a live publisher
     │   ├── BadStreamName      the name is not allowed
@@ -153,6 +163,46 @@ class TranscodeResultError(LivepeerError):
 
 class PaymentError(LivepeerError):
     """Ticket parameters or a payment are malformed or out of range."""
+
+
+class TicketRejected(PaymentError):
+    """The orchestrator refuses a payment or one of its tickets, with go-livepeer's text.
+
+    ``fatal`` errors (wrong recipient, bad recipientRand, bad expected price) end the whole payment; the
+    others (bad signature, nonce seen, params expired) stop crediting from that ticket on.
+    """
+
+    def __init__(self, message: str, *, fatal: bool) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class InsufficientBalance(PaymentError):
+    """The sender's balance with this orchestrator does not cover the work (``Insufficient balance``)."""
+
+
+class TicketParamsRefused(PaymentError):
+    """The gateway will not pay on an orchestrator's ticket params (go-livepeer's sender rules, price cap)."""
+
+
+class ChainError(StreamgwError):
+    """An Ethereum JSON-RPC call failed."""
+
+
+class ChainUnavailable(ChainError):
+    """The chain node cannot be reached, timed out, or answered out of protocol: transient, retry later."""
+
+
+class TransactionReverted(ChainError):
+    """A contract refused a call or a transaction; ``reason`` is its revert text (may be empty)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SignerError(StreamgwError):
+    """The remote signer could not be reached or refused a request: no payment is made."""
 
 
 class TranscodeError(MediaError):

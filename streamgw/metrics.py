@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamgw.gateway.dispatcher import DispatchObserver, Outcome
@@ -86,6 +87,10 @@ class Metrics(SegmentObserver, DispatchObserver):
         if counts is not None:
             self.registry.register(_ScrapedCounters(counts))
 
+    def bind_payments(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the payments view (``SenderService.snapshot``) at scrape time."""
+        self.registry.register(_PaymentMetrics(snapshot))
+
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
@@ -118,3 +123,36 @@ class _ScrapedCounters(Collector):
             for value_label, value in sorted(counts.get(key, {}).items()):
                 family.add_metric([value_label] if label else [], value)
             yield family
+
+
+class _PaymentMetrics(Collector):
+    """The gateway's payments, from ``SenderService.snapshot()`` (wei as floats: Prometheus has no big ints)."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        for key, doc in (("deposit", "The gateway's deposit in the TicketBroker"),
+                         ("reserve", "The gateway's reserve in the TicketBroker")):
+            gauge = GaugeMetricFamily(f"streamgw_payment_{key}_wei", doc)
+            gauge.add_metric([], float(snap[key]))
+            yield gauge
+        for key, doc in (("tickets_sent", "Tickets sent to orchestrators"),
+                         ("payments", "Requests paid for"), ("refused", "Paid requests refused (credit lost)")):
+            counter = CounterMetricFamily(f"streamgw_payment_{key}", doc)
+            counter.add_metric([], float(snap[key]))
+            yield counter
+        ev = CounterMetricFamily("streamgw_payment_ev_sent_wei", "Expected value of the tickets sent")
+        ev.add_metric([], float(snap["ev_sent"]))
+        yield ev
+        balance = GaugeMetricFamily("streamgw_payment_balance_wei",
+                                    "Credit the gateway believes each orchestrator holds for it",
+                                    labels=["orchestrator"])
+        for url, value in sorted(snap["balances"].items()):
+            balance.add_metric([url], float(value))
+        yield balance
+        spend = CounterMetricFamily("streamgw_payment_spend_wei", "Fees paid per stream", labels=["stream"])
+        for stream, value in sorted(snap["spend_by_stream"].items()):
+            spend.add_metric([stream], float(value))
+        yield spend

@@ -30,13 +30,18 @@ from streamgw.ingest.rtmp.server import RtmpLimits, RtmpServer
 from streamgw.ingest.whip import WhipServer, WhipSettings
 from streamgw.livepeer.client import OrchestratorClient
 from streamgw.livepeer.profiles import VideoProfile, parse_preset_names, parse_profiles_json
-from streamgw.livepeer.signing import Signer
+from streamgw.livepeer.signing import MessageSigner, Signer
 from streamgw.livepeer.tls import CertificatePins
 from streamgw.media.segmenter import SegmenterSettings
 from streamgw.metrics import Metrics
 from streamgw.net import tcp_listener
 from streamgw.output.hls import HlsOutput, Recorder
 from streamgw.output.whep import WhepOutput, WhepSettings
+from streamgw.payments.chain import Chain, ChainSettings
+from streamgw.payments.keystore import load_signer, read_password
+from streamgw.payments.remote_signer import RemoteIdentity, RemoteSignerClient
+from streamgw.payments.sender import SenderLimits, TicketSender
+from streamgw.payments.sender_service import SenderService
 from streamgw.supervise import Supervisor
 from streamgw.webrtc import IceSettings, parse_ice_addresses, parse_ice_servers
 
@@ -67,6 +72,22 @@ def load_profiles(spec: str) -> list[VideoProfile]:
         return parse_preset_names(spec)
     except ProfileError as exc:
         raise ConfigError(f"transcoding_options: {exc}") from exc
+
+
+def chain_settings(settings: Settings) -> ChainSettings:
+    """Where the chain and its contracts are; raises ConfigError when a contract is missing."""
+    missing = [n for n in ("ticket_broker_addr", "rounds_manager_addr") if not getattr(settings, n)]
+    if missing:
+        raise ConfigError(f"eth_url needs {' and '.join(missing)}")
+    return ChainSettings(rpc_url=settings.eth_url, chain_id=settings.eth_chain_id,
+                         ticket_broker=settings.ticket_broker_addr, rounds_manager=settings.rounds_manager_addr)
+
+
+def gateway_signer(settings: Settings) -> Signer:
+    """The on-chain account from the keystore (ConfigError without one)."""
+    if not settings.eth_keystore_path:
+        raise ConfigError("eth_url needs eth_keystore_path (the account that pays)")
+    return load_signer(settings.eth_keystore_path, read_password(settings.eth_password_file))
 
 
 def _url_set(text: str) -> frozenset[str]:
@@ -118,7 +139,8 @@ class GatewayNode:
 
     def __init__(self, settings: Settings, orchestrators: list[str] | None = None, *,
                  metrics: Metrics | None = None,
-                 orchestrator_client: Callable[[str, Signer, CertificatePins], OrchestratorClient] = OrchestratorClient,
+                 orchestrator_client: Callable[[str, MessageSigner, CertificatePins],
+                                               OrchestratorClient] = OrchestratorClient,
                  ) -> None:
         self.settings = settings
         urls = orchestrators if orchestrators is not None else [
@@ -126,7 +148,21 @@ class GatewayNode:
         ]
         transcoding = bool(urls or settings.orch_webhook_url)
         self.profiles = load_profiles(settings.transcoding_options) if transcoding else []
-        self.signer = Signer(settings.gateway_key) if settings.gateway_key else Signer(os.urandom(32))
+        self.payments: SenderService | None = None
+        self.remote_signer: RemoteSignerClient | None = None
+        self.signer: MessageSigner
+        if settings.remote_signer_url:  # the signer holds the key and pays live AI (go-livepeer's remote signer)
+            self.remote_signer = RemoteSignerClient(settings.remote_signer_url)
+            self.signer = RemoteIdentity()
+        elif settings.eth_url:  # on-chain: the keystore's account signs and pays
+            self.signer = gateway_signer(settings)
+            chain = Chain(chain_settings(settings), self.signer.account)
+            limits = SenderLimits(max_ticket_ev=settings.max_ticket_ev, max_total_ev=settings.max_total_ev,
+                                  deposit_multiplier=settings.deposit_multiplier,
+                                  max_price=selection_policy(settings).max_price)
+            self.payments = SenderService(TicketSender(self.signer, limits), chain)
+        else:
+            self.signer = Signer(settings.gateway_key) if settings.gateway_key else Signer(os.urandom(32))
         self.hub = Hub()
         self.metrics = metrics or Metrics()
         self.publishers = Publishers(
@@ -183,7 +219,7 @@ class GatewayNode:
                 self.hub, self.pool, self.profiles,
                 DispatchSettings(max_in_flight=settings.max_in_flight, max_backlog=2 * settings.max_in_flight),
                 selection_policy(settings), observer=self.metrics, has_video=self._has_video,
-                input_rendition=self._ladder_input,
+                input_rendition=self._ladder_input, payments=self.payments,
             )
         if self.pool is not None:
             self.live_ai = LiveAi(
@@ -191,7 +227,8 @@ class GatewayNode:
                 LiveAiSettings(events_timeout=settings.live_events_timeout,
                                output_timeout=settings.live_output_timeout),
                 selection_policy(settings), defaults, stream_parts=self._stream_parts,
-                open_output=lambda stream: self.whep.open_live_segments(stream, AI_RENDITION))
+                open_output=lambda stream: self.whep.open_live_segments(stream, AI_RENDITION),
+                payments=self.payments, signer=self.remote_signer)
             self.publishers.on_removed(lambda stream: self.live_ai.forget(stream.name) if self.live_ai else None)
         elif defaults:
             raise ConfigError("live_default_pipelines needs orchestrators (orch_addr or orch_webhook_url)")
@@ -218,7 +255,10 @@ class GatewayNode:
         self.app = create_app(self.publishers, self.hls, self.metrics, web_dir, self.profiles, self.dispatcher,
                               pool=self.pool,
                               routers=routers, health=self.supervisor, rtmp_address=self._rtmp_address,
-                              whip_video=self.whip.video_mode, pipeline=self._pipeline)
+                              whip_video=self.whip.video_mode, pipeline=self._pipeline,
+                              payments=self.payments.snapshot if self.payments is not None else None)
+        if self.payments is not None:
+            self.metrics.bind_payments(self.payments.snapshot)
         self._http: _Uvicorn | None = None
         self.http_port = 0
 
@@ -303,6 +343,16 @@ class GatewayNode:
         dispatcher, pool = self.dispatcher, self.pool
         if dispatcher is not None:
             sup.spawn("dispatcher", lambda: dispatcher.run(hub.subscribe(maxsize=1024, name="dispatcher")))
+        if self.remote_signer is not None:  # GetOrchestrator is signed with the signer's credentials
+            assert isinstance(self.signer, RemoteIdentity)
+            self.signer.set_credentials(*await self.remote_signer.credentials())
+        payments = self.payments
+        if payments is not None:
+            sup.spawn("payments", payments.watch)
+            try:  # the first chain read before the first payment (bounded: a chain down does not block)
+                await asyncio.wait_for(payments.ready.wait(), 10.0)
+            except TimeoutError:
+                log.warning("chain not answering yet: payments wait for it (%s)", payments.last_error)
         if pool is not None:
             sup.spawn("discovery", pool.run)
         live = self.live_ai
@@ -342,3 +392,7 @@ class GatewayNode:
         await self.supervisor.close(wait=("http",), timeout=5.0)
         if self.dispatcher is not None:
             await self.dispatcher.close()
+        if self.remote_signer is not None:
+            await self.remote_signer.close()
+        if self.payments is not None:
+            await self.payments.chain.close()

@@ -33,6 +33,8 @@ from tests.harness import (  # noqa: F401 - re-exported for the tests
     wait_until,
 )
 
+pytest_plugins = ["tests.chain_harness"]  # anvil, deployment, chain_snapshot
+
 # hypothesis's pytest plugin imports hypothesis at the end of the session if no test did; by then
 # a C extension has left CPython 3.11's AST recursion counter off and the assertion rewriter's
 # parse fails ("AST constructor recursion depth mismatch"). Importing it up front avoids that.

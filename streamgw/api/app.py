@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -221,14 +221,15 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
                rtmp_address: Callable[[], tuple[str, int]] | None = None,
                whip_video: Callable[[str], str | None] | None = None,
                pipeline: Callable[[str], str | None] | None = None,
-               pool: OrchestratorPool | None = None) -> FastAPI:
+               pool: OrchestratorPool | None = None,
+               payments: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """Build the FastAPI application over the running gateway parts (plus ``routers``: WHIP/WHEP).
 
     ``health`` gives the background tasks ``/healthz`` reports; ``rtmp_address`` the RTMP host as
     configured and the port bound, for the page's publish instructions (``/api/info``);
     ``whip_video`` what a stream's WHIP session does with its video (``WhipServer.video_mode``);
     ``pipeline`` the live AI pipeline a stream goes through; ``pool`` the orchestrators (by
-    default the dispatcher's).
+    default the dispatcher's); ``payments`` the payments view (on-chain gateways).
     """
     if pool is None and dispatcher is not None:
         pool = dispatcher.pool
@@ -280,6 +281,13 @@ def create_app(publishers: Publishers, hls: HlsOutput, metrics: Metrics, web_dir
         if stream is None:
             raise HTTPException(404, f"no stream {name!r}")
         return _view(stream, hls, dispatcher, whip_video, pipeline)
+
+    @app.get("/api/payments", tags=["payments"])
+    async def get_payments() -> dict[str, Any]:
+        """Deposit and reserve, credit per orchestrator, tickets sent, spend per stream (offchain: mode only)."""
+        if payments is None:
+            return {"mode": "offchain"}
+        return payments()
 
     @app.get("/api/orchestrators", response_model=list[OrchestratorView], tags=["orchestrators"])
     async def list_orchestrators() -> list[OrchestratorView]:

@@ -213,6 +213,10 @@ class OrchestratorPool:
             info = await self._fetch(r)
         return info
 
+    async def refresh_info(self, url: str) -> pb.OrchestratorInfo:
+        """A fresh GetOrchestrator now (new ticket params), whatever the cached info's age."""
+        return await self._fetch(self.records[url])
+
     def update_info(self, url: str, info: pb.OrchestratorInfo) -> None:
         """Take the fresh OrchestratorInfo an orchestrator returned with a result."""
         self.records[url].info = info

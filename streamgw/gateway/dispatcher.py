@@ -56,6 +56,8 @@ from streamgw.livepeer.segdata import (
     verify_rendition_hashes,
 )
 from streamgw.livepeer.signing import ZERO_ADDRESS, checksum_address, keccak256_off_loop
+from streamgw.payments.sender import segment_fee_pixels
+from streamgw.payments.sender_service import Payer
 from streamgw.segment import Segment
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,10 @@ class Dispatcher:
     def __init__(self, hub: Hub, pool: OrchestratorPool, profiles: Sequence[VideoProfile],
                  settings: DispatchSettings, policy: SelectionPolicy | None = None,
                  observer: DispatchObserver | None = None, rng: random.Random | None = None,
-                 has_video: HasVideo | None = None, input_rendition: Callable[[str], str] | None = None) -> None:
+                 has_video: HasVideo | None = None, input_rendition: Callable[[str], str] | None = None,
+                 payments: Payer | None = None) -> None:
         self.hub = hub
+        self.payments = payments  # on-chain: pays every segment; None: offchain (an empty Livepeer-Payment)
         self.pool = pool
         self.profiles = tuple(profiles)
         self.settings = settings
@@ -400,8 +404,19 @@ class Dispatcher:
             capabilities=self.policy.job,
             auth_token=AuthToken.from_proto(info.auth_token),
         )
+        # Paid for first (on-chain): the tickets cover this segment's fee less the credit held there.
+        staged = self.payments.stage(url, info, segment_fee_pixels(self.profiles, segment.duration_seconds),
+                                     stream=segment.stream_id) if self.payments is not None else None
         # Raises the result's error as its type: OrchestratorBusy, SegmentRejected, OrchestratorError.
-        answer = await client.submit(info, meta, segment.data, segment.duration_seconds)
+        try:
+            answer = await client.submit(info, meta, segment.data, segment.duration_seconds,
+                                         payment=staged.header if staged is not None else "")
+        except BaseException:
+            if staged is not None and self.payments is not None:
+                self.payments.settle(staged, accepted=False)
+            raise
+        if staged is not None and self.payments is not None:
+            self.payments.settle(staged, accepted=True)
         if answer.result.HasField("info"):
             self.pool.update_info(url, answer.result.info)
         renditions = result_renditions(answer.result)

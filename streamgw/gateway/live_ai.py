@@ -44,7 +44,9 @@ from streamgw.errors import (
     NoLiveOrchestrator,
     OrchestratorBusy,
     OrchestratorError,
+    SignerError,
     StreamgwError,
+    TicketParamsRefused,
     TrickleClosed,
     TrickleError,
 )
@@ -52,8 +54,12 @@ from streamgw.gateway.discovery import OrchestratorPool
 from streamgw.gateway.hub import Hub, StreamEnded, Subscription
 from streamgw.gateway.live_request import MAX_PARAMS, LiveRequest, parse_query
 from streamgw.gateway.selection import SelectionPolicy, live_models, select_live
+from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.client import LiveChannels, OrchestratorClient
 from streamgw.media.ts_timing import segment_timing
+from streamgw.payments.remote_signer import REFRESH_SESSION, RemoteSignerClient, SignerRefusal
+from streamgw.payments.sender import LIVE_PIXELS_PER_SECOND, LIVE_PREPAY_PIXELS
+from streamgw.payments.sender_service import Payer
 from streamgw.segment import Segment
 from streamgw.trickle.client import PublishedSegment, TricklePublisher, TrickleSubscriber
 
@@ -100,6 +106,7 @@ class LiveAiSettings:
     max_backlog: int = 8  # input segments waiting for the orchestrator; beyond, the oldest is dropped
     status_retention: float = 60.0  # seconds a finished stream's status stays readable
     runner_version: str = ""
+    payment_interval: float = 5.0  # seconds between live payments (on-chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,9 @@ class _Attempt:
     last_input: float = 0.0
     sent: int = 0  # input segments published
     received: int = 0  # output segments read
+    info: pb.OrchestratorInfo | None = None  # its latest quote (a live payment's result brings a new one)
+    billed: float = 0.0  # the last instant paid for (monotonic); on-chain only
+    paying: asyncio.Task[None] | None = None
 
 
 class LiveAiSession:
@@ -223,26 +233,38 @@ class LiveAiSession:
             url = ranked[0].url
             tries[url] += 1
             client = live.pool.records[url].client
+            staged = None
+            start_key = f"start-{self.request_id}"
             try:
                 info = await live.pool.orchestrator_info(url)
+                payment, creds = "", None
+                if live.signer is not None:  # the remote signer pays (and signs the request)
+                    payment, creds, info = await self._remote_payment(url, info, start_key)
+                elif live.payments is not None:  # 60 s of 720p30 ahead, as go-livepeer's gateway prepays
+                    staged = live.payments.stage(url, info, LIVE_PREPAY_PIXELS, stream=self.stream, key=start_key)
+                    payment = staged.header
                 channels = await client.start_live_video(
                     info, self.request.pipeline, params, request_id=self.request_id, stream_id=self.stream_id,
-                    version=settings.runner_version)
+                    version=settings.runner_version, payment=payment, segment=creds)
                 http = await client.http(channels.publish_url)
             except OrchestratorBusy as exc:
                 tries[url] = settings.tries_per_orchestrator
                 errors.append(str(exc))
             except LiveAiRefused:
                 raise  # the request's fault: no other orchestrator would take it either
-            except OrchestratorError as exc:
+            except (OrchestratorError, TicketParamsRefused) as exc:
                 live.pool.suspend(url, str(exc), settings.suspend_seconds)
                 errors.append(str(exc))
                 log.warning("stream %s: live AI start on %s failed: %s", self.stream, url, exc)
             else:
+                if staged is not None and live.payments is not None:
+                    live.payments.discard(staged)  # the prepayment never enters the local credit
+                if live.signer is not None:
+                    live.signer.rekey(url, start_key, channels.manifest_id)
                 now = time.monotonic()
                 address = "0x" + info.address.hex() if info.address else ""
                 self.attempt = _Attempt(url, client, channels, http, now, address, asyncio.Queue(),
-                                        last_event=now, last_output=now, last_input=now)
+                                        last_event=now, last_output=now, last_input=now, info=info, billed=now)
                 self.orchestrators.append(url)
                 log.info("stream %s: live AI %s on %s (manifest %s, request %s)", self.stream,
                          self.request.pipeline, url, channels.manifest_id, self.request_id)
@@ -333,8 +355,76 @@ class LiveAiSession:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _remote_payment(self, url: str, info: pb.OrchestratorInfo,
+                              key: str) -> tuple[str, str, pb.OrchestratorInfo]:
+        """A payment from the remote signer (480: the O's info is refreshed, once). A signer that is down or
+        refuses ends the start: no work goes unpaid."""
+        signer = self.live.signer
+        assert signer is not None
+        for attempt in range(2):
+            try:
+                payment, creds = await signer.live_payment(url, info, key)
+                return payment, creds, info
+            except SignerRefusal as exc:
+                if exc.status == REFRESH_SESSION and attempt == 0:
+                    info = await self.live.pool.refresh_info(url)
+                    continue
+                raise LiveAiRefused(str(exc), "payment") from exc
+            except SignerError as exc:
+                raise LiveAiRefused(str(exc), "payment") from exc
+        raise LiveAiRefused("the remote signer asked for a refresh twice", "payment")  # pragma: no cover
+
+    def _pay(self, attempt: _Attempt) -> None:
+        """At the start of an input segment, 5 s after the last instant paid for: pay the time since then
+        at 720p30 (go-livepeer's live payment processor, WIRE.md §10.5), in the background."""
+        payments = self.live.payments
+        info = attempt.info
+        if (payments is None and self.live.signer is None) or info is None or (
+                attempt.paying is not None and not attempt.paying.done()):
+            return
+        if not info.price_info.pricePerUnit:
+            return  # only an O that quoted a price is paid as the stream runs
+        now = time.monotonic()
+        elapsed = now - attempt.billed
+        if elapsed < self.live.settings.payment_interval:
+            return
+        attempt.billed = now
+        attempt.paying = asyncio.ensure_future(self._send_payment(attempt, info, int(elapsed * LIVE_PIXELS_PER_SECOND)))
+
+    async def _send_payment(self, attempt: _Attempt, info: pb.OrchestratorInfo, pixels: int) -> None:
+        payments = self.live.payments
+        mid = attempt.channels.manifest_id
+        if payments is None:  # the remote signer counts the time itself
+            try:
+                payment, creds, info = await self._remote_payment(attempt.url, info, mid)
+                result = await attempt.client.pay(info, mid, payment, model_id=self.request.pipeline,
+                                                  version=self.live.settings.runner_version, segment=creds)
+            except (LiveAiRefused, OrchestratorError) as exc:
+                log.warning("stream %s: live payment to %s failed: %s", self.stream, attempt.url, exc)
+                return
+            if result.HasField("info") and result.info.HasField("ticket_params"):
+                attempt.info = result.info
+            return
+        try:
+            staged = payments.stage(attempt.url, info, pixels, stream=self.stream, key=mid)
+        except TicketParamsRefused as exc:
+            log.warning("stream %s: live payment to %s not made: %s", self.stream, attempt.url, exc)
+            return
+        try:
+            result = await attempt.client.pay(info, mid, staged.header, model_id=self.request.pipeline,
+                                              version=self.live.settings.runner_version)
+        except OrchestratorError as exc:  # go-livepeer only logs these: the O ends an unpaid stream itself
+            payments.settle(staged, accepted=False)
+            log.warning("stream %s: live payment to %s failed: %s", self.stream, attempt.url, exc)
+            return
+        payments.settle(staged, accepted=True)
+        if result.HasField("info") and result.info.HasField("ticket_params"):
+            attempt.info = result.info  # its fresh ticket params for the next payment
+
     async def _close_attempt(self, attempt: _Attempt) -> None:
         """go-livepeer ends a stream on an O by DELETEing its input and control channels."""
+        if attempt.paying is not None:
+            attempt.paying.cancel()
         for url in (attempt.channels.publish_url, attempt.channels.control_url):
             with contextlib.suppress(httpx.HTTPError, TimeoutError):
                 await asyncio.wait_for(attempt.http.delete(url), CLOSE_TIMEOUT)
@@ -371,6 +461,7 @@ class LiveAiSession:
             attempt.last_input = time.monotonic()
             attempt.sent += 1
             self.segments_in += 1
+            self._pay(attempt)
             return publisher.segment()
 
         try:
@@ -563,9 +654,12 @@ class LiveAi:
     def __init__(self, hub: Hub, pool: OrchestratorPool, settings: LiveAiSettings | None = None,
                  policy: SelectionPolicy | None = None, defaults: Mapping[str, str] | None = None,
                  stream_parts: StreamParts | None = None,
-                 open_output: Callable[[str], OutputFeed] | None = None) -> None:
+                 open_output: Callable[[str], OutputFeed] | None = None, payments: Payer | None = None,
+                 signer: RemoteSignerClient | None = None) -> None:
         self.hub = hub
         self.pool = pool
+        self.payments = payments  # on-chain: prepays each start, then pays as the stream runs
+        self.signer = signer  # or a remote signer pays
         self.settings = settings or LiveAiSettings()
         self.policy = policy or SelectionPolicy()
         self.defaults = dict(defaults or {})

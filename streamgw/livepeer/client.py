@@ -27,6 +27,7 @@ import grpc
 import grpc.aio
 import httpcore  # noqa: F401 - httpx imports it (and trio) on first use: ~0.2 s that must not stall the loop
 import httpx
+from google.protobuf.message import DecodeError
 
 from streamgw.errors import (
     LiveAiRefused,
@@ -102,6 +103,7 @@ def http_error(url: str, status: int, body: str) -> OrchestratorError:
 
 
 LIVE_START_TIMEOUT = 5.0  # go-livepeer's gateway gives the start call 5 s
+PAYMENT_TIMEOUT = 60.0  # and a live payment 60 s
 AI_WORKER_AUTH = "Livepeer-AI-Worker-1.0"  # the Authorization go-livepeer's gateway sends (the O never checks it)
 
 
@@ -292,8 +294,10 @@ class OrchestratorClient:
         return client
 
     async def submit(self, info: pb.OrchestratorInfo, meta: SegMetadata, data: bytes,
-                     duration_s: float) -> SegmentAnswer:
+                     duration_s: float, *, payment: str = "") -> SegmentAnswer:
         """POST one segment to ``info.transcoder``/segment and read its successful ``TranscodeResult``.
+
+        ``payment`` is the ``Livepeer-Payment`` value (empty offchain: an empty Payment).
 
         A result that reports an error raises it as its type (:func:`result_error`):
         :class:`OrchestratorBusy`, :class:`SegmentRejected`, or :class:`OrchestratorError`.
@@ -301,7 +305,7 @@ class OrchestratorClient:
         segdata = build_segdata(meta, self.signer)
         headers = {
             SEGMENT_HEADER: encode_segdata_header(segdata),
-            PAYMENT_HEADER: "",  # offchain: an empty Payment
+            PAYMENT_HEADER: payment,
             "Content-Type": "video/MP2T",
         }
         url = info.transcoder.rstrip("/") + "/segment"
@@ -354,18 +358,50 @@ class OrchestratorClient:
         """The HTTP client pinned to ``url``'s orchestrator (for its trickle channels)."""
         return await self._http_client(url, refresh=False)
 
+    async def pay(self, info: pb.OrchestratorInfo, manifest_id: str, payment: str, *, model_id: str,
+                  version: str, segment: str | None = None, timeout: float = PAYMENT_TIMEOUT) -> pb.PaymentResult:
+        """``POST {transcoder}/payment`` as go-livepeer's live payment processor sends it (WIRE.md §10.5):
+        SegData for ``manifest_id`` (the O's mid) at seq 0 with the empty-segment hash, no body (``segment``:
+        a remote signer's credentials instead). Raises :class:`OrchestratorError` (its text) unless 200 with a
+        ``PaymentResult``."""
+        if segment is None:
+            caps = ai_job_capabilities(Capability.LIVE_VIDEO_TO_VIDEO, model_id, version=version, discovery=True)
+            meta = SegMetadata(manifest_id=manifest_id.encode(), seq=0, seg_hash=keccak256(b""), capabilities=caps,
+                               auth_token=AuthToken.from_proto(info.auth_token))
+            segment = encode_segdata_header(build_segdata(meta, self.signer))
+        headers = {SEGMENT_HEADER: segment, PAYMENT_HEADER: payment}
+        url = info.transcoder.rstrip("/") + "/payment"
+        try:
+            client = await self._http_client(url, refresh=False)
+            response = await client.post(url, content=b"", headers=headers, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnavailable(f"{url}: no answer within {timeout:.0f} s") from exc
+        except (httpx.HTTPError, ssl.SSLError) as exc:
+            raise OrchestratorUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise http_error(url, response.status_code, response.text[:MAX_ERROR_BODY])
+        result = pb.PaymentResult()
+        try:
+            result.ParseFromString(response.content)
+        except DecodeError as exc:
+            raise OrchestratorError(f"{url}: the PaymentResult does not decode: {exc}") from exc
+        return result
+
     async def start_live_video(self, info: pb.OrchestratorInfo, model_id: str, params: dict[str, Any] | None, *,
-                               request_id: str, stream_id: str, version: str) -> LiveChannels:
+                               request_id: str, stream_id: str, version: str, payment: str = "",
+                               segment: str | None = None) -> LiveChannels:
         """``POST {transcoder}/live-video-to-video`` as go-livepeer's gateway sends it (WIRE.md
         §10.2): SegData for ``35_{model}`` at seq 0 with the discovery capabilities and the O's auth
-        token, an empty Payment offchain, the JSON body with its empty URL keys. 503 (no free
+        token, ``payment`` (empty offchain), the JSON body with its empty URL keys. 503 (no free
         runner) is :class:`OrchestratorBusy`, 400 (a bad request: unknown model, bad params)
         :class:`LiveAiRefused`; any other refusal an :class:`OrchestratorError`."""
-        caps = ai_job_capabilities(Capability.LIVE_VIDEO_TO_VIDEO, model_id, version=version, discovery=True)
-        meta = SegMetadata(manifest_id=f"35_{model_id}".encode(), seq=0, seg_hash=keccak256(b""), capabilities=caps,
-                           auth_token=AuthToken.from_proto(info.auth_token))
+        if segment is None:  # else a remote signer's credentials
+            caps = ai_job_capabilities(Capability.LIVE_VIDEO_TO_VIDEO, model_id, version=version, discovery=True)
+            meta = SegMetadata(manifest_id=f"35_{model_id}".encode(), seq=0, seg_hash=keccak256(b""),
+                               capabilities=caps, auth_token=AuthToken.from_proto(info.auth_token))
+            segment = encode_segdata_header(build_segdata(meta, self.signer))
         headers = {"Content-Type": "application/json", "Authorization": AI_WORKER_AUTH,
-                   SEGMENT_HEADER: encode_segdata_header(build_segdata(meta, self.signer)), PAYMENT_HEADER: ""}
+                   SEGMENT_HEADER: segment, PAYMENT_HEADER: payment}
         body = json.dumps({"gateway_request_id": request_id, "model_id": model_id, "params": params,
                            "publish_url": "", "stream_id": stream_id, "subscribe_url": ""})
         url = info.transcoder.rstrip("/") + "/live-video-to-video"

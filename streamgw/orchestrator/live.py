@@ -83,6 +83,7 @@ class LiveStream:
         self.last_error: str | None = None
         self.last_error_time = 0.0
         self.events_seq = 0
+        self.meter: Callable[[], bool] | None = None  # charges the stream at each input segment (on-chain)
         self._pending: dict[str, Any] | None = None  # params for the worker thread, at the next picture
         self._lock = threading.Lock()
 
@@ -158,9 +159,13 @@ class LiveRunners:
             raise StartError(503, "insufficient capacity")
         return model_id
 
-    def start(self, request: Mapping[str, Any]) -> dict[str, str]:
+    def start(self, request: Mapping[str, Any], *, mid: str | None = None,
+              meter: Callable[[], bool] | None = None) -> dict[str, str]:
         """Start a stream for ``request`` (the JSON body go-livepeer's gateway sends); returns the
-        reply body. Raises :class:`StartError` with go-livepeer's status and text."""
+        reply body. Raises :class:`StartError` with go-livepeer's status and text.
+
+        ``mid`` is its manifest id (new if None); ``meter``, called at each input segment, charges the
+        stream and returns False when its balance falls short: the stream ends (``Insufficient balance``)."""
         model_id = self.check(request)
         params = request.get("params")
         if params is not None and not isinstance(params, dict):
@@ -169,7 +174,7 @@ class LiveRunners:
             pipeline = registry.create(model_id, params or {})
         except PipelineError as exc:
             raise StartError(400, str(exc)) from exc
-        mid = secrets.token_hex(4)
+        mid = mid or secrets.token_hex(4)
         try:
             channels = {
                 "in": self.channels.create(mid, "video/MP2T"),
@@ -180,6 +185,7 @@ class LiveRunners:
         except CapacityError as exc:
             raise StartError(503, "insufficient capacity") from exc
         stream = LiveStream(mid, model_id, pipeline, request, channels)
+        stream.meter = meter
         self.streams[mid] = stream
         task = asyncio.get_running_loop().create_task(self._run(stream), name=f"live-{mid}")
         self._tasks.add(task)
@@ -225,6 +231,8 @@ class LiveRunners:
         out = stream.channels["out"]
         seq = 0
         async for segment in local_segments(stream.channels["in"]):
+            if stream.meter is not None and not stream.meter():
+                raise StartError(400, "Insufficient balance")  # ends the stream, closing its channels
             stats = await self._segment(stream, segment, out, seq)
             if stats is not None:
                 seq += 1

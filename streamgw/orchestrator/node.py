@@ -18,10 +18,10 @@ import hypercorn
 from hypercorn.config import Config as HypercornConfig
 
 from streamgw.config import split_addr
-from streamgw.errors import StreamgwError, TranscodeError
+from streamgw.errors import ChainError, ConfigError, StreamgwError, TranscodeError
 from streamgw.livepeer.profiles import EncoderProfile, VideoCodec, VideoFormat, VideoProfile
 from streamgw.livepeer.segdata import SegMetadata
-from streamgw.livepeer.signing import MessageSigner
+from streamgw.livepeer.signing import MessageSigner, Signer
 from streamgw.livepeer.tls import ensure_certificate
 from streamgw.media.transcoder import RenditionSpec, transcode
 from streamgw.net import tcp_listener
@@ -29,6 +29,10 @@ from streamgw.orchestrator.grpc_asgi import multiplex
 from streamgw.orchestrator.h2server import serve_tls
 from streamgw.orchestrator.live import LiveSettings
 from streamgw.orchestrator.service import OrchestratorService, OrchestratorSettings
+from streamgw.payments.chain import Chain, ChainSettings
+from streamgw.payments.recipient import RecipientSettings, TicketRecipient
+from streamgw.payments.recipient_service import RecipientService
+from streamgw.payments.ticket_store import WinningTicketStore
 from streamgw.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,19 @@ def transcode_job(job: TranscodeJob) -> list[bytes]:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentSettings:
+    """An on-chain orchestrator's payments: the chain, its price and go-livepeer's ticket flags."""
+
+    chain: ChainSettings
+    price_per_unit: int = 0  # wei per pixels_per_unit pixels
+    pixels_per_unit: int = 1
+    ticket_ev: int = 1_000_000_000_000
+    max_face_value: int = 0
+    initialize_round: bool = True
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class OrchestratorNodeSettings:
     """Where the node listens, what it advertises, and its capacity."""
 
@@ -99,6 +116,7 @@ class OrchestratorNodeSettings:
     live_pipelines: tuple[str, ...] = ()  # live video-to-video pipelines served (capability 35); none: off
     live_capacity: int = 1  # streams at once per live pipeline
     live_status_interval: float = 10.0  # seconds between a live stream's status events
+    payments: PaymentSettings | None = None  # on-chain (needs the node's signer); None: offchain, free
 
 
 def usable_cpus() -> int:
@@ -130,9 +148,20 @@ class OrchestratorNode:
             max_workers=self.workers, thread_name_prefix="transcode"
         )
         self.service: OrchestratorService | None = None
+        self.payments: RecipientService | None = None
         self.port = 0
         self._stop = asyncio.Event()
         self.supervisor = Supervisor("orchestrator")
+
+    def _payments(self, paid: PaymentSettings) -> RecipientService:
+        if self.signer is None:
+            raise ConfigError("an on-chain orchestrator needs its account (eth_keystore_path)")
+        account = self.signer.account if isinstance(self.signer, Signer) else None
+        recipient = TicketRecipient(RecipientSettings(address=self.signer.address, ticket_ev=paid.ticket_ev,
+                                                      max_face_value=paid.max_face_value))
+        store = WinningTicketStore(self.settings.data_dir / "tickets.db")
+        return RecipientService(recipient, Chain(paid.chain, account), store, poll_interval=paid.poll_interval,
+                                initialize_rounds=paid.initialize_round)
 
     async def _transcode(self, segment: SegMetadata, data: bytes) -> list[bytes]:
         job = TranscodeJob(segment.seq, data, tuple(rendition_spec(p) for p in segment.profiles), time.monotonic())
@@ -154,17 +183,31 @@ class OrchestratorNode:
         if "://" not in service_url:
             service_url = "https://" + service_url
         cert, key = ensure_certificate(self.settings.data_dir, host)
+        paid = self.settings.payments
+        if paid is not None:
+            self.payments = self._payments(paid)
         self.service = OrchestratorService(
             OrchestratorSettings(service_url=service_url.rstrip("/"), max_sessions=self.settings.max_sessions,
                                  max_concurrent=self.max_concurrent, delay=self.settings.delay,
                                  require_signed=self.settings.require_signed,
-                                 allowed_gateways=self.settings.allowed_gateways),
+                                 allowed_gateways=self.settings.allowed_gateways,
+                                 price_per_unit=paid.price_per_unit if paid else 0,
+                                 pixels_per_unit=paid.pixels_per_unit if paid else 1),
             self._transcode,
             signer=self.signer,
             live=LiveSettings(pipelines=self.settings.live_pipelines, capacity=self.settings.live_capacity,
                               status_interval=self.settings.live_status_interval)
             if self.settings.live_pipelines else None,
+            payments=self.payments,
         )
+        if self.payments is not None:
+            payments = self.payments
+            self.supervisor.spawn("chain-watch", payments.watch)
+            self.supervisor.spawn("redeem", payments.redeem)
+            try:  # quote on a known block; a chain that is down does not stop the node starting
+                await asyncio.wait_for(payments.refresh(), 10.0)
+            except (ChainError, TimeoutError) as exc:
+                log.warning("chain not answering yet: %s", exc)
         config = HypercornConfig()
         config.certfile = str(cert)
         config.keyfile = str(key)
@@ -206,6 +249,9 @@ class OrchestratorNode:
             loop.set_exception_handler(QuietShutdown(self.port, loop.get_exception_handler()))
             await self.supervisor.close(wait=("tls",), timeout=self.GRACE + self.TLS_CLOSE)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.payments is not None:  # its tasks ended with the supervisor's
+            self.payments.store.close()
+            await self.payments.chain.close()
 
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]

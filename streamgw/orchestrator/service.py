@@ -9,8 +9,6 @@ when transcoding ends (transcode failures travel inside it as ``error``).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import json
 import logging
@@ -19,10 +17,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
-from google.protobuf.message import DecodeError
-
-from streamgw.errors import LivepeerError, MediaError, SegDataError, SignatureError
+from streamgw.errors import (
+    LivepeerError,
+    MediaError,
+    PaymentError,
+    SegDataError,
+    SignatureError,
+)
 from streamgw.livepeer import lp_rpc_pb2 as pb
 from streamgw.livepeer.capabilities import DEFAULT_CAPABILITIES, Capabilities, Capability
 from streamgw.livepeer.client import INVALID_INPUT
@@ -49,9 +52,12 @@ from streamgw.livepeer.signing import (
     verify_message,
     verify_sig,
 )
+from streamgw.livepeer.tickets import TicketParams, decode_payment_header, price_to_proto
 from streamgw.orchestrator.grpc_asgi import UNKNOWN, GrpcRouter, GrpcStatusError, Receive, Scope, Send
 from streamgw.orchestrator.live import LiveRunners, LiveSettings, StartError
 from streamgw.orchestrator.store import RenditionStore, Sessions
+from streamgw.payments.recipient import LiveMeter
+from streamgw.payments.recipient_service import RecipientService
 from streamgw.trickle.channels import TrickleChannels
 from streamgw.trickle.server import TrickleServer
 
@@ -100,12 +106,19 @@ class OrchestratorSettings:
 
 
 class OrchestratorService:
-    """go-livepeer's orchestrator behaviour for transcoding, offchain (no tickets yet)."""
+    """go-livepeer's orchestrator behaviour for transcoding and live AI, offchain or paid with tickets.
+
+    With ``payments`` (an on-chain O) every info carries fresh ticket params for its gateway, every request's
+    ``Livepeer-Payment`` is checked and credited before the work (400 with go-livepeer's text otherwise,
+    ``Insufficient balance`` when the session's price is not covered) and the work is debited after it.
+    """
 
     def __init__(self, settings: OrchestratorSettings, transcode: Transcode,
                  signer: MessageSigner | None = None, store: RenditionStore | None = None,
-                 live: LiveSettings | None = None) -> None:
+                 live: LiveSettings | None = None, payments: RecipientService | None = None) -> None:
         self.settings = settings
+        self.payments = payments
+        self.price = Fraction(settings.price_per_unit, settings.pixels_per_unit)
         self.signer: MessageSigner = signer or OffchainSigner()
         self.transcode = transcode
         self.store = store or RenditionStore()
@@ -145,18 +158,45 @@ class OrchestratorService:
         except SignatureError as exc:
             log.info("GetOrchestrator from %s refused: %s", _hex(req.address), exc.__cause__ or exc)
             raise GrpcStatusError(UNKNOWN, f"Invalid orchestrator request: {exc}") from exc
+        params = None
+        if self.payments is not None and gateway != ZERO_ADDRESS:
+            try:  # a sender whose funds cannot pay one ticket gets no session
+                params = await self.payments.quote(gateway, self.price)
+            except PaymentError as exc:
+                log.info("GetOrchestrator from %s refused: %s", _hex(req.address), exc)
+                raise GrpcStatusError(UNKNOWN, str(exc)) from exc
         session_id = self.sessions.open(gateway, ignore_capacity=req.ignoreCapacityCheck)
         if session_id is None:
             raise GrpcStatusError(UNKNOWN, "Invalid orchestrator request: OrchestratorCapped")
-        return self.orchestrator_info(session_id)
+        return self.orchestrator_info(session_id, params=params)
 
-    def orchestrator_info(self, session_id: str) -> pb.OrchestratorInfo:
-        """OrchestratorInfo for a session: where to send segments, price, capabilities, auth token."""
+    def session_price(self, sender: bytes, key: str) -> Fraction:
+        """A session's price: fixed by its first payment, else this O's quote now."""
+        if self.payments is not None:
+            fixed = self.payments.recipient.balances.fixed_price(sender, key)
+            if fixed is not None:
+                return fixed
+        return self.price
+
+    def orchestrator_info(self, session_id: str, *, params: TicketParams | None = None,
+                          key: str | None = None) -> pb.OrchestratorInfo:
+        """OrchestratorInfo for a session: where to send segments, price, capabilities, auth token, and
+        on-chain fresh ticket params for its gateway (``key``: the balance key, default the session)."""
         expiration = int(time.time()) + AUTH_TOKEN_VALIDITY_S
         token = make_auth_token(self._auth_secret, session_id, expiration)
         info = pb.OrchestratorInfo(transcoder=self.settings.service_url, address=self.signer.address)
-        info.price_info.pricePerUnit = self.settings.price_per_unit
-        info.price_info.pixelsPerUnit = self.settings.pixels_per_unit
+        session = self.sessions.use(session_id) if self.payments is not None else None
+        gateway = session.gateway_address if session is not None else ZERO_ADDRESS
+        price = self.session_price(gateway, key or session_id)
+        info.price_info.CopyFrom(price_to_proto(price))
+        if self.payments is not None and gateway != ZERO_ADDRESS:
+            if params is None and self.payments.recipient.knows(gateway):
+                try:
+                    params = self.payments.recipient.ticket_params(gateway, price)
+                except PaymentError as exc:  # its float ran out: no params, its next payment fails
+                    log.info("no ticket params for %s: %s", _hex(gateway), exc)
+            if params is not None:
+                info.ticket_params.CopyFrom(params.to_proto())
         live = self.live.constraints() if self.live is not None else None  # capacity as it is now
         caps = self.capabilities
         if live is not None:
@@ -166,8 +206,8 @@ class OrchestratorService:
         if live is not None:
             free = sum(m.capacity for m in live.values())
             info.capabilities.capacities[int(Capability.LIVE_VIDEO_TO_VIDEO)] = free
-            for model_id in live:  # per-pipeline prices (offchain: free)
-                info.capabilities_prices.add(pricePerUnit=0, pixelsPerUnit=1,
+            for model_id in live:  # per-pipeline prices: this O's one price (offchain: free)
+                info.capabilities_prices.add(pricePerUnit=price.numerator, pixelsPerUnit=price.denominator,
                                              capability=int(Capability.LIVE_VIDEO_TO_VIDEO), constraint=model_id)
         info.auth_token.CopyFrom(token.to_proto())
         # What does the work: CPU transcoding with libx264 (no GPUs, so no gpu_info entries).
@@ -196,6 +236,9 @@ class OrchestratorService:
             return
         if path == "/segment":
             await self._segment(scope, receive, send)
+            return
+        if path == "/payment":
+            await self._payment(scope, receive, send)
             return
         if path == "/live-video-to-video" and scope["method"] == "POST" and self.live is not None:
             await self._live_start(scope, receive, send)
@@ -228,10 +271,9 @@ class OrchestratorService:
         except StartError as exc:
             await _plain(send, exc.status, str(exc))
             return
-        payment = pb.Payment()
         try:
-            payment.ParseFromString(base64.b64decode(headers.get(PAYMENT_HEADER.lower(), ""), validate=True))
-        except (binascii.Error, DecodeError) as exc:
+            payment = decode_payment_header(headers.get(PAYMENT_HEADER.lower(), ""))
+        except PaymentError as exc:
             await _plain(send, 402, str(exc))
             return
         try:
@@ -239,8 +281,19 @@ class OrchestratorService:
         except SegDataError as exc:
             await _plain(send, 403, str(exc))
             return
+        mid = secrets.token_hex(4)  # the stream's manifest id: its channels' names and its balance key
+        meter: LiveMeter | None = None
+        if self.payments is not None:
+            try:
+                await self._pay(payment, mid)
+            except PaymentError as exc:
+                await _plain(send, 400, str(exc))
+                return
+            sender = payment.sender or ZERO_ADDRESS
+            if self.payments.recipient.balances.fixed_price(sender, mid):
+                meter = LiveMeter(self.payments.recipient, sender, mid)  # charged as it runs
         try:
-            reply = self.live.start(request)
+            reply = self.live.start(request, mid=mid, meter=meter.charge if meter is not None else None)
         except StartError as exc:
             await _plain(send, exc.status, str(exc))
             return
@@ -251,20 +304,23 @@ class OrchestratorService:
 
     async def _segment(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        payment = pb.Payment()
         try:
-            payment.ParseFromString(base64.b64decode(headers.get(PAYMENT_HEADER.lower(), ""), validate=True))
-        except binascii.Error as exc:
-            await _plain(send, 402, f"base64 decode error: {exc}")
-            return
-        except DecodeError as exc:
-            await _plain(send, 402, f"protobuf unmarshal error: {exc}")
+            payment = decode_payment_header(headers.get(PAYMENT_HEADER.lower(), ""))
+        except PaymentError as exc:  # base64 decode error: ... / protobuf unmarshal error: ...
+            await _plain(send, 402, str(exc))
             return
         seg_header = headers.get(SEGMENT_HEADER.lower(), "")
         try:
             meta = self._verify(seg_header, payment)
         except SegDataError as exc:
             await _plain(send, 403, str(exc))
+            return
+        assert meta.auth_token is not None
+        key = meta.auth_token.session_id  # /segment balances are per auth-token session
+        try:
+            await self._pay(payment, key)
+        except PaymentError as exc:
+            await _plain(send, 400, str(exc))
             return
         try:
             body = await _read_body(receive, self.settings.max_segment_bytes)
@@ -282,7 +338,46 @@ class OrchestratorService:
                     "headers": [(b"content-type", b"application/x-protobuf")]})
         await send({"type": "http.response.body", "body": b"", "more_body": True})
         result = await self._transcode(meta, body)
+        if self.payments is not None and result.HasField("data"):
+            # The work is debited once done, at the session's fixed price (a balance may go negative).
+            self.payments.charge(payment.sender, key, sum(r.pixels for r in result.data.segments))
         await send({"type": "http.response.body", "body": result.SerializeToString(), "more_body": False})
+
+    async def _pay(self, payment: pb.Payment, key: str) -> None:
+        """go-livepeer's ``ProcessPayment`` then ``SufficientBalance`` for balance ``key``; raises
+        ``PaymentError`` (``TicketRejected``, ``InsufficientBalance``) with its text. Offchain: free."""
+        if self.payments is None:
+            return
+        sender = payment.sender or ZERO_ADDRESS
+        await self.payments.accept(payment, key, quote=self.session_price(sender, key))
+        self.payments.recipient.check_balance(sender, key)
+
+    async def _payment(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/payment`` (WIRE.md §6): credit the balance of ``SegData.manifestId``; 200 ``PaymentResult``."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            payment = decode_payment_header(headers.get(PAYMENT_HEADER.lower(), ""))
+        except PaymentError as exc:
+            await _plain(send, 402, str(exc))
+            return
+        try:
+            meta = self._verify(headers.get(SEGMENT_HEADER.lower(), ""), payment)
+        except SegDataError as exc:
+            await _plain(send, 403, str(exc))
+            return
+        assert meta.auth_token is not None
+        key = meta.manifest_id.decode("utf-8", "replace")
+        if self.payments is not None:
+            try:
+                await self.payments.accept(payment, key, quote=self.session_price(payment.sender, key))
+            except PaymentError as exc:
+                await _plain(send, 400, str(exc))
+                return
+        info = self.orchestrator_info(meta.auth_token.session_id, key=key)
+        data = pb.PaymentResult(info=info).SerializeToString()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/x-protobuf"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     def _verify(self, header: str, payment: pb.Payment) -> SegMetadata:
         if not header:

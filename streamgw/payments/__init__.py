@@ -1,0 +1,1 @@
+"""Livepeer probabilistic micropayments: the sender (gateway), the recipient (orchestrator), the chain."""
