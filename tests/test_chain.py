@@ -167,7 +167,7 @@ def test_an_answer_out_of_protocol_is_unavailable(answer: str | None) -> None:
                 await chain.block_number()
             with pytest.raises(ChainUnavailable):
                 await chain.round_info()
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 5.0  # two calls bounded at 0.5 s each, on a loaded machine
 
     run(main())
 
